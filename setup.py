@@ -1,0 +1,28 @@
+from setuptools import setup
+
+# The top-level kernels/ folder is installed as vitpose_fast.kernels (never as a top-level `kernels` module).
+setup(
+    name="vitpose-fast",
+    version="0.1.0",
+    description="A fast, faithful ViTPose: PyTorch model with Triton kernels and a parity-checked reference path",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=["vitpose_fast", "vitpose_fast.reference", "vitpose_fast.data", "vitpose_fast.kernels"],
+    package_dir={"vitpose_fast": "vitpose_fast", "vitpose_fast.kernels": "kernels"},
+    # torch: any 2.x from 2.4 on (2.13 included; never pin a newer one, the CPU wheel is 2.13).
+    install_requires=["torch>=2.4", "triton>=3.4; platform_system == 'Linux'", "numpy", "pycocotools", "pillow", "tqdm"],
+    extras_require={
+        "dev": [
+            "pytest",
+            "pytest-benchmark",
+            "transformers>=4.48",
+            "safetensors",
+            "opencv-python-headless",
+            "matplotlib",
+        ],
+        "gpu": ["xformers"],
+    },
+    entry_points={"console_scripts": ["vitpose-fast=vitpose_fast.cli:main"]},
+)

@@ -1,0 +1,211 @@
+"""The ViTPose backbone: a plain ViT (official ``mmpose/models/backbones/vit.py``; ViTPose+: ``vit_moe.py``).
+
+Parameter names follow the official checkpoints (``patch_embed.proj``, ``pos_embed``, ``blocks.{i}.norm1``,
+``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``, ``mlp.experts.{e}``, ``last_norm``), so an
+official state dict loads without renaming. Quirks kept on purpose (each pinned by the parity tests):
+- patch conv padding 2 at stride 16 (4 at stride 8), not 0;
+- no cls token in the sequence: the cls slot of ``pos_embed`` is added to every patch token;
+- full qkv bias, q scaled before q k^T, LayerNorm eps 1e-6, exact-erf GELU.
+
+Where we knowingly differ: attention specs other than global (window / shift / pool / relative position) are
+ours (the official repository never released them); ViTPose+ experts run only on their own samples instead of
+every expert on every token.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+
+from . import ops
+from .config import AttentionSpec, BackboneConfig
+
+DatasetIndex = Union[None, int, torch.Tensor]
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (timm's ``drop_path``)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(
+            3, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_stride, padding=cfg.patch_padding
+        )
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        x = self.proj(x)
+        hp, wp = x.shape[-2:]
+        return x.flatten(2).transpose(1, 2), (hp, wp)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, spec: AttentionSpec, grid: Tuple[int, int]):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.spec = spec
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        if spec.rel_pos:
+            size = spec.window if spec.kind == "window" else grid
+            # ViTDet: decomposed relative position tables, one per axis (zeros here; trained from scratch they
+            # are initialised with trunc_normal(0.02) by `Backbone.init_weights`).
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * size[0] - 1, self.head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * size[1] - 1, self.head_dim))
+        else:
+            self.rel_pos_h = self.rel_pos_w = None
+
+    def forward(self, x: torch.Tensor, grid: Tuple[int, int], backend: str) -> torch.Tensor:
+        b, n, c = x.shape
+        # [B, N, 3, heads, hd]: q, k, v are strided views in the kernels' [B, N, heads, hd] layout (no copies).
+        qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.unbind(2)
+        out = ops.attention(q, k, v, self.spec, grid, self.rel_pos_h, self.rel_pos_w, backend=backend)
+        return self.proj(out.reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, dataset_index: DatasetIndex = None, backend: str = "torch") -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class MoEMlp(nn.Module):
+    """ViTPose+ FFN: shared fc1 and shared fc2 to C - p features, plus one expert Linear(4C -> p) per dataset;
+    the output is cat([fc2(h), experts[dataset](h)]). Routing is hard, per sample, by dataset index."""
+
+    def __init__(self, dim: int, hidden: int, num_experts: int, part_features: int):
+        super().__init__()
+        self.part_features = part_features
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim - part_features)
+        self.experts = nn.ModuleList(nn.Linear(hidden, part_features) for _ in range(num_experts))
+
+    def forward(self, x: torch.Tensor, dataset_index: DatasetIndex = None, backend: str = "torch") -> torch.Tensor:
+        h = self.act(self.fc1(x))
+        if backend == "reference":
+            # The official/HF formulation: every expert on every token, selected by a mask.
+            idx = _index_tensor(dataset_index, x)
+            part = sum(
+                e(h) * (idx == i).to(h.dtype).view(-1, *([1] * (h.ndim - 1))) for i, e in enumerate(self.experts)
+            )
+            return torch.cat([self.fc2(h), part], dim=-1)
+        if isinstance(dataset_index, int) or (
+            isinstance(dataset_index, torch.Tensor) and dataset_index.numel() == 1
+        ):
+            # One dataset in the batch (the usual case): one GEMM over the concatenated projection, exactly the
+            # cost of a dense ViT FFN.
+            e = self.experts[int(dataset_index)]
+            return F.linear(h, torch.cat([self.fc2.weight, e.weight]), torch.cat([self.fc2.bias, e.bias]))
+        idx = _index_tensor(dataset_index, x)
+        shared = self.fc2(h)
+        part = h.new_empty(h.shape[:-1] + (self.part_features,))
+        # Each expert runs only on its own samples (a host sync for the grouping; mixed batches are training).
+        for i in torch.unique(idx).tolist():
+            sel = (idx == i).nonzero(as_tuple=True)[0]
+            part[sel] = self.experts[i](h[sel])
+        return torch.cat([shared, part], dim=-1)
+
+
+def _index_tensor(dataset_index: DatasetIndex, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(dataset_index, int):
+        return torch.full((x.shape[0],), dataset_index, device=x.device, dtype=torch.long)
+    idx = dataset_index.to(device=x.device, dtype=torch.long).reshape(-1)
+    return idx.expand(x.shape[0]) if idx.numel() == 1 else idx
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + DropPath(Attn(LN1 x)), then x + DropPath(MLP(LN2 x))."""
+
+    def __init__(self, cfg: BackboneConfig, spec: AttentionSpec, drop_path: float):
+        super().__init__()
+        dim = cfg.embed_dim
+        self.norm1 = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+        self.attn = Attention(dim, cfg.num_heads, cfg.qkv_bias, spec, cfg.grid)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+        if cfg.num_experts > 1:
+            self.mlp: nn.Module = MoEMlp(dim, cfg.mlp_hidden, cfg.num_experts, cfg.part_features)
+        else:
+            self.mlp = Mlp(dim, cfg.mlp_hidden)
+
+    def forward(self, x: torch.Tensor, grid: Tuple[int, int], dataset_index: DatasetIndex, backend: str):
+        x = x + self.drop_path(self.attn(self.norm1(x), grid, backend))
+        return x + self.drop_path(self.mlp(self.norm2(x), dataset_index, backend))
+
+
+class Backbone(nn.Module):
+    """pixels [B, 3, H, W] -> features [B, C, Hp, Wp] (one stride-16 or stride-8 map)."""
+
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg)
+        hp, wp = cfg.grid
+        self.pos_embed = nn.Parameter(torch.zeros(1, hp * wp + 1, cfg.embed_dim))
+        # linspace(0, rate, depth): block 0 gets 0, the last block the full rate (computed on the host so that
+        # building under a meta-device context works).
+        dpr = [cfg.drop_path_rate * i / (cfg.depth - 1) if cfg.depth > 1 else 0.0 for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList(Block(cfg, cfg.block_attention(i), dpr[i]) for i in range(cfg.depth))
+        self.last_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+        self.grad_checkpointing = False
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The official from-scratch init: trunc_normal(0.02) Linear weights, zero biases, LN (1, 0)."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, Attention) and m.rel_pos_h is not None:
+                nn.init.trunc_normal_(m.rel_pos_h, std=0.02)
+                nn.init.trunc_normal_(m.rel_pos_w, std=0.02)
+
+    def forward_tokens(
+        self, x: torch.Tensor, dataset_index: DatasetIndex = None, backend: str = "torch"
+    ) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        x, grid = self.patch_embed(x)
+        # The cls slot's embedding is added to every patch token (official; a no-op for MAE sin-cos tables).
+        x = x + self.pos_embed[:, 1:] + self.pos_embed[:, :1]
+        for blk in self.blocks:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(blk, x, grid, dataset_index, backend, use_reentrant=False)
+            else:
+                x = blk(x, grid, dataset_index, backend)
+        return self.last_norm(x), grid
+
+    def forward(self, x: torch.Tensor, dataset_index: DatasetIndex = None, backend: str = "torch") -> torch.Tensor:
+        tokens, (hp, wp) = self.forward_tokens(x, dataset_index, backend)
+        # [B, N, C] -> [B, C, Hp, Wp] as a view; the heads accept the channels-last strides.
+        return tokens.transpose(1, 2).unflatten(2, (hp, wp))

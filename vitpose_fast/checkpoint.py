@@ -1,0 +1,442 @@
+"""Checkpoints: official mmpose, Hugging Face, MAE/timm and our own format, in and out.
+
+Our state-dict keys are the official ones, so "official" conversion is only packaging; Hugging Face conversion
+renames keys and splits/joins qkv (``convert_vitpose_to_hf.py``'s mapping). Loading follows the official loader
+(``mmcv_custom/checkpoint.py``): the state dict is taken from ``state_dict``, else ``model`` (MAE), else
+``module``; ``module.``/``encoder.`` prefixes are stripped; 14x14 patch kernels are zero-padded to 16x16;
+``pos_embed`` is resized bicubically (align_corners=False) when the grids differ, the cls slot kept as is.
+Everything is read with ``torch.load(weights_only=True)``: no arbitrary unpickling.
+
+Where we knowingly differ: the official resize assumes a square source grid; we take the source grid from the
+checkpoint's own config when it has one, else square, else 4:3 (the ViTPose aspect).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .config import BackboneConfig, HeadConfig, ModelConfig, with_overrides
+
+StateDict = Dict[str, torch.Tensor]
+FORMAT = "vitpose_fast"
+VERSION = 1
+# Heads per width of the official presets (head counts are not recoverable from tensor shapes).
+_HEADS_BY_WIDTH = {384: 12, 768: 12, 1024: 16, 1280: 16, 1408: 16}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+# ------------------------------------------------------------------------------------------------ reading files
+def _torch_load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign pickles
+        raise CheckpointError(
+            f"cannot read checkpoint {str(path)!r} with torch.load(weights_only=True): {e}. Expected an official "
+            "mmpose .pth, a vitpose_fast checkpoint or a state dict saved with torch.save (a truncated download "
+            "or a pickled foreign object fails here)"
+        ) from e
+
+
+def _safetensors_load(path: Path) -> StateDict:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as e:  # pragma: no cover
+        raise CheckpointError("reading .safetensors needs the safetensors package (pip install safetensors)") from e
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"cannot read safetensors file {str(path)!r}: {e}") from e
+
+
+def read_checkpoint(src) -> Tuple[StateDict, Optional[ModelConfig], dict]:
+    """Any supported source -> (state dict in official/our key layout, config if the file names one, hf config).
+
+    ``src``: a path (file or HF folder) or an in-memory dict (a state dict or a checkpoint dict).
+    """
+    hf_config: dict = {}
+    if isinstance(src, (str, os.PathLike)):
+        path = Path(src)
+        if path.is_dir():
+            cfg_file = path / "config.json"
+            if cfg_file.exists():
+                hf_config = json.loads(cfg_file.read_text())
+            for name in ("model.safetensors", "pytorch_model.bin"):
+                if (path / name).exists():
+                    path = path / name
+                    break
+            else:
+                raise CheckpointError(
+                    f"folder {str(src)!r} has no model.safetensors or pytorch_model.bin (expected a Hugging Face "
+                    "save_pretrained folder)"
+                )
+        elif not path.exists():
+            raise CheckpointError(f"checkpoint {str(src)!r} does not exist")
+        if path.suffix == ".safetensors":
+            obj: dict = _safetensors_load(path)
+            if not hf_config and (path.parent / "config.json").exists():
+                hf_config = json.loads((path.parent / "config.json").read_text())
+        else:
+            obj = _torch_load(path)
+    elif isinstance(src, dict):
+        obj = src
+    else:
+        raise TypeError(f"cannot load a checkpoint from {type(src).__name__}; expected a path or a dict")
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, expected a dict of tensors")
+
+    config = None
+    if obj.get("format") == FORMAT:
+        config = ModelConfig.from_dict(obj["config"])
+        sd = obj["state_dict"]
+    else:
+        for key in ("state_dict", "model", "module"):
+            if key in obj and isinstance(obj[key], dict):
+                sd = obj[key]
+                meta = obj.get("meta")
+                if isinstance(meta, dict) and isinstance(meta.get(FORMAT), dict):
+                    config = ModelConfig.from_dict(meta[FORMAT])
+                break
+        else:
+            sd = obj
+    sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise CheckpointError("checkpoint holds no tensors (expected a ViTPose state dict)")
+    sd = {_strip_prefix(k): v for k, v in sd.items()}
+    if any(k.startswith(("backbone.embeddings.", "backbone.encoder.")) or k.startswith("head.") for k in sd):
+        sd = hf_to_official(sd)
+    elif any(k.startswith(("blocks.", "patch_embed.")) for k in sd):
+        sd = _mae_to_official(sd)
+    if not any(k.startswith("backbone.") for k in sd):
+        sample = ", ".join(sorted(sd)[:6])
+        raise CheckpointError(
+            f"not a ViTPose checkpoint: no backbone keys found (first keys: {sample}); expected official "
+            "(backbone.*, keypoint_head.*), Hugging Face (backbone.embeddings.*, head.*) or MAE/timm (blocks.*) keys"
+        )
+    return sd, config, hf_config
+
+
+def _strip_prefix(k: str) -> str:
+    for p in ("module.", "encoder."):
+        if k.startswith(p):
+            k = k[len(p):]
+    return k
+
+
+def _mae_to_official(sd: StateDict) -> StateDict:
+    """MAE/timm ViT keys -> ``backbone.*``. As the official loader: the encoder's final ``norm`` does not map
+    to ``last_norm`` (it starts from the LN init), and cls/mask tokens and the MAE decoder are dropped."""
+    out = {}
+    for k, v in sd.items():
+        if k.startswith(("blocks.", "patch_embed.")) or k == "pos_embed":
+            out["backbone." + k] = v
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ HF mapping
+_HF_BLOCK = [
+    ("attention.output.dense.", "attn.proj."),
+    ("layernorm_before.", "norm1."),
+    ("layernorm_after.", "norm2."),
+    ("mlp.", "mlp."),
+]
+_HF_HEAD = [("deconv1.", "deconv_layers.0."), ("batchnorm1.", "deconv_layers.1."),
+            ("deconv2.", "deconv_layers.3."), ("batchnorm2.", "deconv_layers.4."), ("conv.", "final_layer.")]
+
+
+def hf_to_official(sd: StateDict) -> StateDict:
+    out: StateDict = {}
+    qkv: Dict[Tuple[int, str], Dict[str, torch.Tensor]] = {}
+    for k, v in sd.items():
+        if k == "backbone.embeddings.position_embeddings":
+            out["backbone.pos_embed"] = v
+        elif k.startswith("backbone.embeddings.patch_embeddings.projection."):
+            out["backbone.patch_embed.proj." + k.rsplit(".", 1)[1]] = v
+        elif k.startswith("backbone.layernorm."):
+            out["backbone.last_norm." + k.rsplit(".", 1)[1]] = v
+        elif k.startswith("backbone.encoder.layer."):
+            i, rest = re.match(r"backbone\.encoder\.layer\.(\d+)\.(.*)", k).groups()
+            m = re.match(r"attention\.attention\.(query|key|value)\.(weight|bias)", rest)
+            if m:
+                qkv.setdefault((int(i), m.group(2)), {})[m.group(1)] = v
+                continue
+            for a, b in _HF_BLOCK:
+                if rest.startswith(a):
+                    out[f"backbone.blocks.{i}.{b}{rest[len(a):]}"] = v
+                    break
+            else:
+                out[k] = v  # unknown: reported as unexpected by the strict load
+        elif k.startswith("head.") or k.startswith("associate_heads."):
+            if k.startswith("head."):
+                prefix, rest = "keypoint_head.", k[len("head."):]
+            else:
+                j, rest = re.match(r"associate_heads\.(\d+)\.(.*)", k).groups()
+                prefix = f"associate_keypoint_heads.{j}."
+            for a, b in _HF_HEAD:
+                if rest.startswith(a):
+                    out[prefix + b + rest[len(a):]] = v
+                    break
+            else:
+                out[k] = v
+        else:
+            out[k] = v
+    for (i, kind), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            raise CheckpointError(f"block {i}: {kind} of query/key/value incomplete (found {sorted(parts)})")
+        out[f"backbone.blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    return out
+
+
+def official_to_hf(sd: StateDict) -> StateDict:
+    out: StateDict = {}
+    for k, v in sd.items():
+        if k == "backbone.cls_token":
+            continue
+        if k == "backbone.pos_embed":
+            out["backbone.embeddings.position_embeddings"] = v
+        elif k.startswith("backbone.patch_embed.proj."):
+            out["backbone.embeddings.patch_embeddings.projection." + k.rsplit(".", 1)[1]] = v
+        elif k.startswith("backbone.last_norm."):
+            out["backbone.layernorm." + k.rsplit(".", 1)[1]] = v
+        elif k.startswith("backbone.blocks."):
+            i, rest = re.match(r"backbone\.blocks\.(\d+)\.(.*)", k).groups()
+            pre = f"backbone.encoder.layer.{i}."
+            if rest.startswith("attn.qkv."):
+                q, kk, vv = v.chunk(3)
+                kind = rest.rsplit(".", 1)[1]
+                for name, t in (("query", q), ("key", kk), ("value", vv)):
+                    out[f"{pre}attention.attention.{name}.{kind}"] = t.clone()
+                continue
+            for b, a in _HF_BLOCK:
+                if rest.startswith(a):
+                    out[pre + b + rest[len(a):]] = v
+                    break
+            else:
+                raise CheckpointError(f"{k} has no Hugging Face equivalent (attention specs other than global?)")
+        elif k.startswith(("keypoint_head.", "associate_keypoint_heads.")):
+            if k.startswith("keypoint_head."):
+                prefix, rest = "head.", k[len("keypoint_head."):]
+            else:
+                j, rest = re.match(r"associate_keypoint_heads\.(\d+)\.(.*)", k).groups()
+                # Not part of HF's model (it keeps the COCO head only); kept so that our round trip is exact.
+                prefix = f"associate_heads.{j}."
+            for b, a in _HF_HEAD:
+                if rest.startswith(a):
+                    out[prefix + b + rest[len(a):]] = v
+                    break
+            else:
+                raise CheckpointError(f"{k} has no Hugging Face equivalent")
+        else:
+            raise CheckpointError(f"{k} has no Hugging Face equivalent")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ config inference
+def infer_config(sd: StateDict, hf_config: Optional[dict] = None, **overrides) -> ModelConfig:
+    """The model config a state dict implies. Head counts come from the HF config when there is one, else from
+    the official presets' width -> heads table, else head_dim 64; ``overrides`` win over everything."""
+    hf_b = (hf_config or {}).get("backbone_config", {}) or {}
+    try:
+        w = sd["backbone.patch_embed.proj.weight"]
+    except KeyError:
+        raise CheckpointError("checkpoint has no backbone.patch_embed.proj.weight: cannot infer the model") from None
+    dim = w.shape[0]
+    depth = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"backbone\.blocks\.(\d+)\.", k))), default=-1)
+    fc1 = sd.get("backbone.blocks.0.mlp.fc1.weight")
+    experts = {int(m.group(1)) for k in sd if (m := re.match(r"backbone\.blocks\.0\.mlp\.experts\.(\d+)\.weight", k))}
+    part = sd["backbone.blocks.0.mlp.experts.0.weight"].shape[0] if experts else 0
+    heads = hf_b.get("num_attention_heads") or _HEADS_BY_WIDTH.get(dim) or max(dim // 64, 1)
+    bkw = dict(
+        embed_dim=dim, depth=depth, num_heads=heads,
+        mlp_ratio=(fc1.shape[0] / dim) if fc1 is not None else 4.0,
+        qkv_bias="backbone.blocks.0.attn.qkv.bias" in sd or depth == 0,
+        num_experts=max(len(experts), 1), part_features=part,
+    )
+    pos = sd.get("backbone.pos_embed")
+    stride = overrides.get("patch_stride", 16)
+    if hf_b.get("image_size"):
+        bkw["img_size"] = tuple(hf_b["image_size"])
+    elif pos is not None:
+        hp, wp = _guess_grid(pos.shape[1] - 1)
+        bkw["img_size"] = (hp * stride, wp * stride)
+    head = _infer_head(sd, "keypoint_head.")
+    if head is None:
+        head = HeadConfig()
+    extra = []
+    j = 0
+    while (h := _infer_head(sd, f"associate_keypoint_heads.{j}.")) is not None:
+        extra.append(h.num_keypoints)
+        j += 1
+    cfg = ModelConfig(backbone=BackboneConfig(**bkw), head=head, extra_heads=tuple(extra), name="pretrained")
+    return with_overrides(cfg, **overrides) if overrides else cfg
+
+
+def _infer_head(sd: StateDict, prefix: str) -> Optional[HeadConfig]:
+    w = sd.get(prefix + "final_layer.weight")
+    if w is None:
+        return None
+    if w.shape[-1] == 3:
+        return HeadConfig(kind="simple", num_keypoints=w.shape[0])
+    chans = []
+    i = 0
+    while (d := sd.get(f"{prefix}deconv_layers.{i}.weight")) is not None:
+        chans.append(d.shape[1])
+        i += 3
+    return HeadConfig(kind="classic", num_keypoints=w.shape[0], deconv_channels=tuple(chans) or (256, 256))
+
+
+def _guess_grid(n: int) -> Tuple[int, int]:
+    """A token count -> (Hp, Wp): 4:3 (the ViTPose aspect: 16x12, 24x18, 36x27), else square, else 1 x n."""
+    k = math.isqrt(n // 12) if n % 12 == 0 else 0
+    if k and 12 * k * k == n:
+        return 4 * k, 3 * k
+    r = math.isqrt(n)
+    if r * r == n:
+        return r, r
+    return 1, n
+
+
+# ------------------------------------------------------------------------------------------------ adapting
+def adapt_state_dict(sd: StateDict, config: ModelConfig, source_grid: Optional[Tuple[int, int]] = None) -> StateDict:
+    """The official loader's adaptations to a model config: 14->16 patch kernels, pos_embed resize, cls dropped."""
+    sd = dict(sd)
+    sd.pop("backbone.cls_token", None)
+    k = config.backbone.patch_size
+    w = sd.get("backbone.patch_embed.proj.weight")
+    if w is not None and w.shape[-1] != k:
+        if w.shape[-1] > k or (k - w.shape[-1]) % 2:
+            raise CheckpointError(f"patch kernel {tuple(w.shape[-2:])} cannot be zero-padded to {k}x{k}")
+        p = (k - w.shape[-1]) // 2
+        sd["backbone.patch_embed.proj.weight"] = F.pad(w, (p, p, p, p))
+    pos = sd.get("backbone.pos_embed")
+    hp, wp = config.backbone.grid
+    if pos is not None and pos.shape[1] - 1 != hp * wp:
+        sh, sw = source_grid or _guess_grid(pos.shape[1] - 1)
+        if sh * sw != pos.shape[1] - 1:
+            raise CheckpointError(f"pos_embed has {pos.shape[1] - 1} tokens, not a {sh}x{sw} grid")
+        grid = pos[:, 1:].reshape(1, sh, sw, -1).permute(0, 3, 1, 2).float()
+        grid = F.interpolate(grid, size=(hp, wp), mode="bicubic", align_corners=False)
+        sd["backbone.pos_embed"] = torch.cat(
+            [pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, hp * wp, -1).to(pos.dtype)], dim=1
+        )
+    return sd
+
+
+def load_into(model, sd: StateDict, strict: bool = True, source_grid=None) -> None:
+    """Copy an official-layout state dict into ``model``; with ``strict`` a mismatch lists every missing and
+    unexpected key and every shape difference."""
+    sd = adapt_state_dict(sd, model.config, source_grid)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
+    if shapes or (strict and (missing or unexpected)):
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches ({len(shapes)}): {_listing(shapes)}")
+        raise CheckpointError("checkpoint does not fit the model: " + "; ".join(parts))
+    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+
+
+def _listing(items, n: int = 12) -> str:
+    return ", ".join(items[:n]) + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def load_model(cls, src, backend: str = "auto", strict: bool = True, **overrides):
+    sd, config, hf_config = read_checkpoint(src)
+    source_grid = None
+    if config is None:
+        inferred = infer_config(sd, hf_config)
+        source_grid = inferred.backbone.grid
+        config = with_overrides(inferred, **overrides) if overrides else inferred
+    else:
+        source_grid = config.backbone.grid
+        if overrides:
+            config = with_overrides(config, **overrides)
+    model = cls(config, backend=backend)
+    load_into(model, sd, strict=strict, source_grid=source_grid)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def _atomic_save(obj, path) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_own(model, path) -> None:
+    _atomic_save({"format": FORMAT, "version": VERSION, "config": model.config.to_dict(),
+                  "state_dict": model.state_dict()}, path)
+
+
+def official_state_dict(model) -> StateDict:
+    sd = dict(model.state_dict())
+    # Released official files carry an (unused) cls token; keep the layout identical.
+    sd["backbone.cls_token"] = torch.zeros(1, 1, model.config.backbone.embed_dim)
+    return sd
+
+
+def save_official(model, path) -> None:
+    _atomic_save({"state_dict": official_state_dict(model), "meta": {FORMAT: model.config.to_dict()}}, path)
+
+
+def hf_config_dict(config: ModelConfig) -> dict:
+    b = config.backbone
+    if b.patch_stride != b.patch_size:
+        raise CheckpointError("the Hugging Face port supports patch stride == patch size (16) only")
+    if config.head_upsample != 4:
+        raise CheckpointError("the Hugging Face port supports x4 heads only")
+    k = config.head.num_keypoints
+    return {
+        "architectures": ["VitPoseForPoseEstimation"],
+        "model_type": "vitpose",
+        "use_simple_decoder": config.head.kind == "simple",
+        "scale_factor": 4,
+        "initializer_range": 0.02,
+        "id2label": {str(i): f"LABEL_{i}" for i in range(k)},
+        "label2id": {f"LABEL_{i}": i for i in range(k)},
+        "backbone_config": {
+            "model_type": "vitpose_backbone",
+            "image_size": list(b.img_size),
+            "patch_size": [b.patch_size, b.patch_size],
+            "num_channels": 3,
+            "hidden_size": b.embed_dim,
+            "num_hidden_layers": b.depth,
+            "num_attention_heads": b.num_heads,
+            "mlp_ratio": int(b.mlp_ratio) if float(b.mlp_ratio).is_integer() else b.mlp_ratio,
+            "num_experts": b.num_experts,
+            "part_features": b.part_features or 256,
+            "hidden_act": "gelu",
+            "layer_norm_eps": b.layer_norm_eps,
+            "qkv_bias": b.qkv_bias,
+            "out_indices": [b.depth],
+        },
+    }
+
+
+def save_hf(model, folder) -> None:
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = hf_config_dict(model.config)
+    sd = {k: v.detach().contiguous() for k, v in official_to_hf(model.state_dict()).items()}
+    save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2))

@@ -1,0 +1,71 @@
+"""Keypoint heads (official ``TopdownHeatmapSimpleHead``), with the official parameter names.
+
+- classic: ``deconv_layers`` = [ConvTranspose2d(C->256, 4, s2, p1, no bias), BN, ReLU] x 2, then
+  ``final_layer`` = Conv2d(256 -> K, 1x1). No activation on the backbone output before the first deconv.
+- simple: ReLU, bilinear x4 (align_corners=False), ``final_layer`` = Conv2d(C -> K, 3x3, padding 1); the whole
+  head is one op (:func:`vitpose_fast.ops.simple_decoder`) so the Triton backend never builds the upsampled map.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from . import ops
+from .config import HeadConfig
+
+
+class ClassicHead(nn.Module):
+    def __init__(self, in_channels: int, cfg: HeadConfig, upsample: int = 4):
+        super().__init__()
+        layers = []
+        c = in_channels
+        channels = cfg.deconv_channels
+        if 2 ** len(channels) != upsample:
+            # Each deconv doubles the map; at 1/8 features one deconv reaches the 1/4 heatmaps.
+            channels = (channels[0],) * max(upsample.bit_length() - 1, 0)
+        for out in channels:
+            layers += [
+                nn.ConvTranspose2d(c, out, kernel_size=4, stride=2, padding=1, output_padding=0, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
+            c = out
+        self.deconv_layers = nn.Sequential(*layers)
+        self.final_layer = nn.Conv2d(c, cfg.num_keypoints, kernel_size=1)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.ConvTranspose2d, nn.Conv2d)):
+                nn.init.normal_(m.weight, std=0.001)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor, backend: str = "torch") -> torch.Tensor:
+        return self.final_layer(self.deconv_layers(x))
+
+
+class SimpleHead(nn.Module):
+    def __init__(self, in_channels: int, cfg: HeadConfig, upsample: int = 4):
+        super().__init__()
+        self.upsample = upsample
+        self.final_layer = nn.Conv2d(in_channels, cfg.num_keypoints, kernel_size=3, padding=1)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        nn.init.normal_(self.final_layer.weight, std=0.001)
+        nn.init.zeros_(self.final_layer.bias)
+
+    def forward(self, x: torch.Tensor, backend: str = "torch") -> torch.Tensor:
+        return ops.simple_decoder(
+            x, self.final_layer.weight, self.final_layer.bias, backend=backend, scale=self.upsample
+        )
+
+
+def build_head(in_channels: int, cfg: HeadConfig, upsample: int = 4) -> nn.Module:
+    """``upsample``: heatmap size over the feature map size (4 at 1/16 features, 2 at 1/8)."""
+    return SimpleHead(in_channels, cfg, upsample) if cfg.kind == "simple" else ClassicHead(in_channels, cfg, upsample)

@@ -1,0 +1,194 @@
+"""``vitpose_fast.Model``: backbone + keypoint head(s), the drop-in ViTPose.
+
+State-dict keys are the official mmpose ones (``backbone.*``, ``keypoint_head.*``,
+``associate_keypoint_heads.{i}.*``), so ``Model.state_dict()`` *is* an official-layout state dict (minus the
+unused ``backbone.cls_token``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+
+from . import ops
+from .backbone import Backbone, DatasetIndex
+from .config import ModelConfig, preset, with_overrides
+from .heads import build_head
+
+
+class Model(nn.Module):
+    """ViTPose. ``forward(pixel_values [B, 3, H, W], dataset_index=None) -> heatmaps [B, K, H/4, W/4]``
+    for both decoders and both patch strides (at stride 8 the heads upsample x2 instead of x4).
+
+    ``dataset_index`` (int or [B] tensor) picks the ViTPose+ expert per sample and, when the model has one head
+    per dataset, the head (index 0 is ``keypoint_head``, index i > 0 is ``associate_keypoint_heads[i-1]``).
+    A model with several heads needs one dataset per batch in ``forward``; ``forward_features`` plus
+    ``head_for(i)`` serve mixed batches.
+    """
+
+    def __init__(self, config: ModelConfig, backend: str = "auto"):
+        super().__init__()
+        self.config = config
+        self.backend = ops.check_backend(backend)
+        self.backbone = Backbone(config.backbone)
+        c = config.backbone.embed_dim
+        up = config.head_upsample
+        self.keypoint_head = build_head(c, config.head, up)
+        self.associate_keypoint_heads = nn.ModuleList(
+            build_head(c, dataclasses.replace(config.head, num_keypoints=k), up) for k in config.extra_heads
+        )
+        self.init_weights()
+
+    # ---------------------------------------------------------------------------------------------- building
+    @classmethod
+    def from_config(cls, config: Union[str, ModelConfig], backend: str = "auto", **overrides) -> "Model":
+        """``Model.from_config("vitpose_h", res=(576, 432), decoder="simple", num_keypoints=17, patch_stride=8)``.
+
+        Builds with random (official-init) weights. Pass ``device="meta"`` through ``torch.device`` context
+        managers to count parameters without allocating.
+        """
+        if isinstance(config, str):
+            config = preset(config, **overrides)
+        elif overrides:
+            config = with_overrides(config, **overrides)
+        return cls(config, backend=backend)
+
+    @classmethod
+    def from_pretrained(cls, src, backend: str = "auto", strict: bool = True, **overrides) -> "Model":
+        """Load an official mmpose ``.pth`` (dict with ``state_dict``/``meta``), a Hugging Face
+        ``save_pretrained`` folder or its ``model.safetensors``, our own format, an MAE/timm checkpoint (backbone
+        only, ``strict=False``), or an in-memory state dict. The variant, decoder, keypoint count, experts and extra
+        heads are inferred from the tensors; ``overrides`` (e.g. ``res=(384, 288)``, ``num_heads=...``) adjust
+        the inferred config (the position embedding is resized bicubically when the grid differs)."""
+        from .checkpoint import load_model
+
+        return load_model(cls, src, backend=backend, strict=strict, **overrides)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        self.backbone.init_weights()
+        self.keypoint_head.init_weights()
+        for h in self.associate_keypoint_heads:
+            h.init_weights()
+
+    # ------------------------------------------------------------------------------------------------ backend
+    def set_backend(self, backend: str) -> "Model":
+        self.backend = ops.check_backend(backend)
+        return self
+
+    def resolved_backend(self, device: Optional[torch.device] = None) -> str:
+        if device is None:
+            device = self.backbone.pos_embed.device
+        return ops.resolve(self.backend, device)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> "Model":
+        self.backbone.grad_checkpointing = enable
+        return self
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def head_for(self, dataset_index: int) -> nn.Module:
+        if dataset_index == 0 or not len(self.associate_keypoint_heads):
+            return self.keypoint_head
+        if not 0 < dataset_index <= len(self.associate_keypoint_heads):
+            raise ValueError(
+                f"dataset_index {dataset_index} has no head; this model has heads for indices "
+                f"0..{len(self.associate_keypoint_heads)}"
+            )
+        return self.associate_keypoint_heads[dataset_index - 1]
+
+    def forward_features(self, pixel_values: torch.Tensor, dataset_index: DatasetIndex = None) -> torch.Tensor:
+        """pixels -> backbone features [B, C, Hp, Wp]."""
+        self._check_input(pixel_values, dataset_index)
+        return self.backbone(pixel_values, dataset_index, self.resolved_backend(pixel_values.device))
+
+    def forward(self, pixel_values: torch.Tensor, dataset_index: DatasetIndex = None) -> torch.Tensor:
+        backend = self.resolved_backend(pixel_values.device)
+        feats = self.forward_features(pixel_values, dataset_index)
+        return self.head_for(self._single_dataset(dataset_index)).forward(feats, backend)
+
+    def _single_dataset(self, dataset_index: DatasetIndex) -> int:
+        if dataset_index is None:
+            return 0
+        if isinstance(dataset_index, int):
+            return dataset_index
+        if not len(self.associate_keypoint_heads):
+            return 0  # one head: no need to look at (or sync on) the indices
+        values = torch.unique(dataset_index).tolist()
+        if len(values) != 1:
+            raise ValueError(
+                f"this model has one head per dataset and the batch mixes dataset indices {values}; run "
+                "forward_features once and head_for(i) on each dataset's samples"
+            )
+        return int(values[0])
+
+    def _check_input(self, x: torch.Tensor, dataset_index: DatasetIndex) -> None:
+        cfg = self.config.backbone
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor [B, 3, H, W], got {type(x).__name__}")
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"pixel_values must have shape [B, 3, H, W] (3 RGB channels), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(
+                f"pixel_values must be a normalised floating-point tensor, got {x.dtype}; "
+                "use Model.predict for uint8 images"
+            )
+        h, w = x.shape[-2:]
+        if h % cfg.patch_stride or w % cfg.patch_stride:
+            raise ValueError(
+                f"input size {h}x{w} is not divisible by the patch stride {cfg.patch_stride}"
+            )
+        if (h, w) != cfg.img_size:
+            raise ValueError(
+                f"input size {h}x{w} does not match the model's {cfg.img_size[0]}x{cfg.img_size[1]} (its position "
+                "embedding is fixed, as the official model's); build or load the model with res=(H, W)"
+            )
+        if cfg.num_experts > 1:
+            if dataset_index is None:
+                raise ValueError(
+                    f"this is a ViTPose+ model with {cfg.num_experts} experts: pass dataset_index (an int or a [B] "
+                    "tensor; 0 COCO, 1 AIC, 2 MPII, 3 AP-10K, 4 APT-36K, 5 COCO-WholeBody)"
+                )
+            if isinstance(dataset_index, int):
+                bad = not 0 <= dataset_index < cfg.num_experts
+            else:
+                if dataset_index.numel() not in (1, x.shape[0]):
+                    raise ValueError(
+                        f"dataset_index must be an int or have one entry per sample ({x.shape[0]}), "
+                        f"got shape {tuple(dataset_index.shape)}"
+                    )
+                bad = False  # checked on the host only where it is already needed (no device sync here)
+            if bad:
+                raise ValueError(f"dataset_index {dataset_index} out of range 0..{cfg.num_experts - 1}")
+
+    # ------------------------------------------------------------------------------------------------ I/O
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Save in our own format: ``{"format": "vitpose_fast", "version": 1, "config": dict, "state_dict"}``,
+        loadable with ``torch.load(weights_only=True)``."""
+        from .checkpoint import save_own
+
+        save_own(self, path)
+
+    def export_official(self, path: Union[str, os.PathLike]) -> None:
+        """Write an official mmpose-layout ``.pth`` (``{"state_dict", "meta"}``)."""
+        from .checkpoint import save_official
+
+        save_official(self, path)
+
+    def save_pretrained_hf(self, folder: Union[str, os.PathLike]) -> None:
+        """Write a Hugging Face ``save_pretrained``-layout folder (config.json + model.safetensors)."""
+        from .checkpoint import save_hf
+
+        save_hf(self, folder)
+
+    def predict(self, images, boxes=None, box_format: str = "xyxy", flip_test: bool = True,
+                decode: str = "udp", batch_size: int = 64, **kwargs):
+        """Top-down inference: images + person boxes -> keypoints in image coordinates.
+        See :func:`vitpose_fast.pipeline.predict`."""
+        from .pipeline import predict
+
+        return predict(self, images, boxes=boxes, box_format=box_format, flip_test=flip_test, decode=decode,
+                       batch_size=batch_size, **kwargs)

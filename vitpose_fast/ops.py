@@ -1,0 +1,129 @@
+"""The one place that chooses an implementation for each op.
+
+Backends:
+- ``reference``: plain PyTorch from :mod:`vitpose_fast.reference` (explicit softmax, F.interpolate, conv2d):
+  the parity oracle, readable first.
+- ``torch``: fast PyTorch ops (SDPA, the exact decoder reorder done with cuBLAS/cuDNN, ...). Runs anywhere.
+- ``triton``: our kernels (:mod:`vitpose_fast.kernels`), on CUDA tensors of shapes the kernel supports; any
+  other input falls back to ``torch``.
+- ``auto`` (the default): ``triton`` on CUDA where a kernel exists, ``torch`` elsewhere.
+
+A model's ``backend`` attribute wins; a model left at ``auto`` follows ``VITPOSE_FAST_BACKEND``. Every backend
+uses the same parameters, so switching never changes a state dict.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .config import BACKENDS, AttentionSpec
+from .reference import attention as _ref_attention
+from .reference import simple_decoder as _ref_simple_decoder
+
+ENV_VAR = "VITPOSE_FAST_BACKEND"
+
+
+def env_backend() -> str:
+    value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ValueError(f"{ENV_VAR}={value!r} is not a backend; expected one of {', '.join(BACKENDS)}")
+    return value
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def resolve(backend: Optional[str], device: torch.device) -> str:
+    """The concrete backend (``reference``, ``torch`` or ``triton``) for a requested one on ``device``."""
+    backend = check_backend(backend or "auto")
+    if backend == "auto":
+        backend = env_backend()
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    return backend
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _triton_usable(*tensors: torch.Tensor) -> bool:
+    # The interpreter (TRITON_INTERPRET=1) runs kernels on CPU tensors; compiled kernels need CUDA.
+    if not triton_available():
+        return False
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True
+    return all(t.is_cuda for t in tensors)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# attention
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    spec: AttentionSpec,
+    grid: Tuple[int, int],
+    rel_pos_h: Optional[torch.Tensor] = None,
+    rel_pos_w: Optional[torch.Tensor] = None,
+    backend: str = "torch",
+) -> torch.Tensor:
+    """Multi-head attention of q, k, v [B, N, heads, head_dim] (N = Hp * Wp tokens, row-major) -> same shape.
+
+    ``backend`` is a resolved backend (see :func:`resolve`).
+    """
+    if backend == "reference":
+        return _ref_attention.attention_ref(q, k, v, spec, grid, rel_pos_h, rel_pos_w)
+    if backend == "triton" and _triton_usable(q) and _attention_kernel_supports(q, spec):
+        from .kernels import attention as _k
+
+        return _k.attention(q, k, v, spec, grid, rel_pos_h, rel_pos_w)
+    return _ref_attention.attention_torch(q, k, v, spec, grid, rel_pos_h, rel_pos_w)
+
+
+def _attention_kernel_supports(q: torch.Tensor, spec: AttentionSpec) -> bool:
+    try:
+        from .kernels import attention as _k
+    except ImportError:
+        return False
+    return _k.supports(q, spec)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# simple decoder: conv3x3(bilinear_x4(relu(x)))
+def simple_decoder(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], backend: str = "torch", scale: int = 4
+):
+    """The simple head on features x [B, C, h, w] with a 3x3 conv weight [K, C, 3, 3] -> [B, K, 4h, 4w].
+
+    ``scale`` 2 (1/8 features) runs the plain composition; the fused paths are written for the official x4."""
+    if scale != 4:
+        up = F.interpolate(F.relu(x), scale_factor=scale, mode="bilinear", align_corners=False)
+        return F.conv2d(up, weight, bias, padding=1)
+    if backend == "reference":
+        return _ref_simple_decoder.simple_decoder_ref(x, weight, bias)
+    if backend == "triton" and _triton_usable(x):
+        try:
+            from .kernels import simple_decoder as _k
+        except ImportError:
+            _k = None
+        if _k is not None and _k.supports(x, weight):
+            return _k.simple_decoder(x, weight, bias)
+    return _ref_simple_decoder.simple_decoder_torch(x, weight, bias)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
