@@ -370,7 +370,7 @@ def load_model(cls, src, backend: str = "auto", strict: bool = True, **overrides
             config = with_overrides(config, **overrides)
     model = cls(config, backend=backend)
     load_into(model, sd, strict=strict, source_grid=source_grid)
-    return model
+    return model.eval()  # as transformers' from_pretrained: inference mode until .train()
 
 
 # ------------------------------------------------------------------------------------------------ writing

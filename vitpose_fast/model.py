@@ -63,7 +63,8 @@ class Model(nn.Module):
         ``save_pretrained`` folder or its ``model.safetensors``, our own format, an MAE/timm checkpoint (backbone
         only, ``strict=False``), or an in-memory state dict. The variant, decoder, keypoint count, experts and extra
         heads are inferred from the tensors; ``overrides`` (e.g. ``res=(384, 288)``, ``num_heads=...``) adjust
-        the inferred config (the position embedding is resized bicubically when the grid differs)."""
+        the inferred config (the position embedding is resized bicubically when the grid differs). The model is
+        returned in eval mode."""
         from .checkpoint import load_model
 
         return load_model(cls, src, backend=backend, strict=strict, **overrides)
