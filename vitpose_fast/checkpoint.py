@@ -440,3 +440,39 @@ def save_hf(model, folder) -> None:
     sd = {k: v.detach().contiguous() for k, v in official_to_hf(model.state_dict()).items()}
     save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def split_moe_state_dict(config: ModelConfig, sd: StateDict):
+    """ViTPose+ -> [(plain config, state dict)] per dataset index (see ``Model.split_datasets``)."""
+    import dataclasses
+
+    b = config.backbone
+    if b.num_experts <= 1:
+        raise ValueError("split_datasets needs a ViTPose+ model (num_experts > 1)")
+    out = []
+    heads = [config.head.num_keypoints] + list(config.extra_heads)
+    for d in range(b.num_experts):
+        head_idx = d if d < len(heads) else 0
+        cfg = dataclasses.replace(
+            config,
+            backbone=dataclasses.replace(b, num_experts=1, part_features=0),
+            head=dataclasses.replace(config.head, num_keypoints=heads[head_idx]),
+            extra_heads=(),
+            name=f"{config.name}_dataset{d}",
+        )
+        new: StateDict = {}
+        src_head = "keypoint_head." if head_idx == 0 else f"associate_keypoint_heads.{head_idx - 1}."
+        for k, v in sd.items():
+            if ".mlp.experts." in k or k.startswith("associate_keypoint_heads."):
+                continue
+            if k.startswith("keypoint_head."):
+                continue
+            m = re.match(r"(backbone\.blocks\.\d+\.mlp)\.fc2\.(weight|bias)$", k)
+            if m:
+                v = torch.cat([v, sd[f"{m.group(1)}.experts.{d}.{m.group(2)}"]])
+            new[k] = v.clone()
+        for k, v in sd.items():
+            if k.startswith(src_head):
+                new["keypoint_head." + k[len(src_head):]] = v.clone()
+        out.append((cfg, new))
+    return out

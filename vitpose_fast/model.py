@@ -86,20 +86,49 @@ class Model(nn.Module):
             device = self.backbone.pos_embed.device
         return ops.resolve(self.backend, device)
 
+    def freeze(self, part: str) -> "Model":
+        """Partial fine-tuning with the official meanings (``freeze_attn`` / ``freeze_ffn`` of ``vit.py``):
+        ``"attn"`` freezes attention and norm1 of every block; ``"ffn"`` freezes the MLP, norm2, the patch
+        embedding and pos_embed. Frozen parameters get ``requires_grad=False``, so autograd neither computes nor
+        stores what only their gradients would need, and optimisers built from trainable parameters skip them."""
+        if part not in ("attn", "ffn"):
+            raise ValueError(f"freeze expects 'attn' or 'ffn', got {part!r}")
+        modules = []
+        for blk in self.backbone.blocks:
+            modules += [blk.attn, blk.norm1] if part == "attn" else [blk.mlp, blk.norm2]
+        if part == "ffn":
+            modules.append(self.backbone.patch_embed)
+            self.backbone.pos_embed.requires_grad_(False)
+        for m in modules:
+            m.requires_grad_(False)
+        return self
+
+    def split_datasets(self) -> list:
+        """A ViTPose+ (MoE) model -> one plain model per dataset (the official ``tools/model_split.py``, done
+        right): block i's ``fc2`` becomes cat([fc2, experts[d]]) and the head is dataset d's; expert keys are
+        dropped. Each split model predicts exactly as this one with ``dataset_index=d``."""
+        from .checkpoint import split_moe_state_dict
+
+        return [
+            Model(cfg, backend=self.backend).eval().requires_grad_(False)._loaded(sd)
+            for cfg, sd in split_moe_state_dict(self.config, self.state_dict())
+        ]
+
+    def _loaded(self, sd) -> "Model":
+        self.load_state_dict(sd)
+        return self
+
     def set_grad_checkpointing(self, enable: bool = True) -> "Model":
         self.backbone.grad_checkpointing = enable
         return self
 
     # ------------------------------------------------------------------------------------------------ forward
     def head_for(self, dataset_index: int) -> nn.Module:
-        if dataset_index == 0 or not len(self.associate_keypoint_heads):
-            return self.keypoint_head
-        if not 0 < dataset_index <= len(self.associate_keypoint_heads):
-            raise ValueError(
-                f"dataset_index {dataset_index} has no head; this model has heads for indices "
-                f"0..{len(self.associate_keypoint_heads)}"
-            )
-        return self.associate_keypoint_heads[dataset_index - 1]
+        """The head of a dataset index; indices without a head of their own use ``keypoint_head`` (as the
+        Hugging Face ViTPose+ models, which ship the COCO head only)."""
+        if 0 < dataset_index <= len(self.associate_keypoint_heads):
+            return self.associate_keypoint_heads[dataset_index - 1]
+        return self.keypoint_head
 
     def forward_features(self, pixel_values: torch.Tensor, dataset_index: DatasetIndex = None) -> torch.Tensor:
         """pixels -> backbone features [B, C, Hp, Wp]."""
