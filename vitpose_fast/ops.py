@@ -81,15 +81,22 @@ def attention(
     rel_pos_w: Optional[torch.Tensor] = None,
     backend: str = "torch",
 ) -> torch.Tensor:
-    """Multi-head attention of q, k, v [B, N, heads, head_dim] (N = Hp * Wp tokens, row-major) -> same shape.
+    """Multi-head attention of q, k, v [B, N, heads, head_dim] (N = Hp * Wp tokens, row-major) -> same shape,
+    with the window / shift / pool / rel-pos semantics of :mod:`vitpose_fast.reference.attention`.
 
-    ``backend`` is a resolved backend (see :func:`resolve`).
+    ``backend`` is a resolved backend (see :func:`resolve`). ``triton``: plain global attention on CUDA goes to
+    the fastest installed vendor kernel (flash-attn, xFormers, else SDPA; see
+    :func:`vitpose_fast.kernels.attention.global_attention`), every other spec to our fused kernel; inputs the
+    kernel does not support fall back to ``torch`` (the SDPA composition).
     """
     if backend == "reference":
         return _ref_attention.attention_ref(q, k, v, spec, grid, rel_pos_h, rel_pos_w)
     if backend == "triton" and _triton_usable(q) and _attention_kernel_supports(q, spec):
         from .kernels import attention as _k
 
+        if q.is_cuda and spec.kind == "global" and not spec.rel_pos:
+            _ref_attention.check_inputs(q, k, v, spec, grid, rel_pos_h, rel_pos_w)
+            return _k.global_attention(q, k, v)
         return _k.attention(q, k, v, spec, grid, rel_pos_h, rel_pos_w)
     return _ref_attention.attention_torch(q, k, v, spec, grid, rel_pos_h, rel_pos_w)
 
@@ -127,3 +134,21 @@ def simple_decoder(
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# heatmap decoding: [N, K, H, W] + centers/scales [N, 2] -> [N, K, 3] image coordinates
+def decode_heatmaps(heatmaps: torch.Tensor, centers, scales, method: str = "udp", kernel: int = 11,
+                    backend: str = "torch") -> torch.Tensor:
+    """Batched keypoint decoding (see :mod:`vitpose_fast.decode`); ``triton`` fuses argmax, refinement and the
+    transform back into one kernel that reads only the stencil points around each peak."""
+    from . import decode
+
+    if backend == "triton" and _triton_usable(heatmaps):
+        try:
+            from .kernels import heatmap_decode as _k
+        except ImportError:
+            _k = None
+        if _k is not None and _k.supports(heatmaps, method):
+            return _k.decode_heatmaps_triton(heatmaps, centers, scales, method=method, kernel=kernel)
+    return decode.decode_heatmaps(heatmaps, centers, scales, method=method, kernel=kernel)
