@@ -1,9 +1,13 @@
 """Keypoint dataset metadata (names, flip pairs, skeleton, OKS sigmas, target encoding), as in the official mmpose
-0.x dataset configs (``configs/_base_/datasets/{coco,aic,mpii,crowdpose,ap10k,coco_wholebody}.py``).
+0.x dataset configs (``configs/_base_/datasets/{coco,aic,mpii,crowdpose,ap10k,coco_wholebody}.py``) and ViTPose's
+copies of them (``configs/_base_/datasets/{aic,mpii,ap10k,coco_wholebody}_info.py``).
 
-``encoding`` is the heatmap target each dataset's ViTPose(+) training pipeline uses: COCO and MPII use UDP
-(``TopDownAffine(use_udp=True)`` + UDP targets); the ViTPose+ AIC, AP-10K, APT-36K and COCO-WholeBody pipelines
-use the non-UDP affine with MSRA targets. CrowdPose is not part of ViTPose+; it defaults to UDP (unverified).
+``encoding`` is the heatmap target each dataset's ViTPose(+) training pipeline uses, per ViTPose's
+``configs/body/2d_kpt_sview_rgb_img/topdown_heatmap/coco/vitPose+_*_coco+aic+mpii+ap10k+apt36k+wholebody_256x192_udp``
+and the single-dataset ``ViTPose_*_{coco,mpii,aic,crowdpose,ap10k,apt36k,wholebody}_256x192.py`` configs: COCO and
+MPII use UDP (``TopDownAffine(use_udp=True)`` + ``TopDownGenerateTarget(encoding='UDP')``); AIC, AP-10K, APT-36K,
+COCO-WholeBody and CrowdPose use the plain ``TopDownAffine`` with default (MSRA) targets. (The ViTPose+ config's
+``test_cfg`` sets ``use_udp=True`` for its COCO validation; that is about decoding, not these training targets.)
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ def _lr(parts):
     return [f"{side}_{p}" for p in parts for side in ("left", "right")]
 
 
+# COCO: mmpose configs/_base_/datasets/coco.py; identical to the first 17 keypoints, first 19 links and first 17
+# sigmas of ViTPose configs/_base_/datasets/coco_wholebody_info.py, against which it was checked.
 _COCO_NAMES = ["nose"] + _lr(["eye", "ear", "shoulder", "elbow", "wrist", "hip", "knee", "ankle"])
 _COCO_SWAPS = [(f"left_{p}", f"right_{p}") for p in ("eye", "ear", "shoulder", "elbow", "wrist", "hip", "knee",
                                                      "ankle")]
@@ -71,6 +77,7 @@ _COCO_SIGMAS = [0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0
 
 COCO = _info("coco", _COCO_NAMES, _COCO_SWAPS, _COCO_LINKS, _COCO_SIGMAS, "udp")
 
+# mmpose configs/_base_/datasets/aic.py == ViTPose configs/_base_/datasets/aic_info.py.
 AIC = _info(
     "aic",
     ["right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow", "left_wrist", "right_hip",
@@ -87,6 +94,7 @@ AIC = _info(
     "msra",
 )
 
+# mmpose configs/_base_/datasets/mpii.py == ViTPose configs/_base_/datasets/mpii_info.py.
 MPII = _info(
     "mpii",
     ["right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle", "pelvis", "thorax",
@@ -99,21 +107,27 @@ MPII = _info(
      ("upper_neck", "head_top"), ("upper_neck", "right_shoulder"), ("right_shoulder", "right_elbow"),
      ("right_elbow", "right_wrist"), ("upper_neck", "left_shoulder"), ("left_shoulder", "left_elbow"),
      ("left_elbow", "left_wrist")],
-    # MPII is scored with PCKh; these config sigmas only serve OKS-NMS.
+    # MPII is scored with PCKh; these config sigmas ("Adapted from COCO dataset") only serve OKS-NMS.
     [0.089, 0.083, 0.107, 0.107, 0.083, 0.089, 0.026, 0.026, 0.026, 0.026, 0.062, 0.072, 0.179, 0.179, 0.072,
      0.062],
     "udp",
 )
 
+# mmpose configs/_base_/datasets/crowdpose.py.
 CROWDPOSE = _info(
     "crowdpose",
     _lr(["shoulder", "elbow", "wrist", "hip", "knee", "ankle"]) + ["top_head", "neck"],
     [(f"left_{p}", f"right_{p}") for p in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle")],
     _COCO_LINKS[:12] + [("top_head", "neck"), ("right_shoulder", "neck"), ("left_shoulder", "neck")],
     [0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089, 0.079, 0.079],
-    "udp",  # not a ViTPose+ dataset; UDP is an unverified default
+    # Not a ViTPose+ dataset; ViTPose's crowdpose/ViTPose_*_crowdpose_256x192.py trains with plain TopDownAffine
+    # and default MSRA targets (test_cfg shift_heatmap=True, no use_udp).
+    "msra",
 )
 
+# ViTPose configs/_base_/datasets/ap10k_info.py (what the ViTPose+ config uses for both AP-10K and APT-36K). The
+# sigmas follow the keypoint order here (eyes, nose, neck, tail, shoulder/elbow/paw per limb); an older revision of
+# mmpose's configs/_base_/datasets/ap10k.py listed them in COCO's paired order instead, later mmpose uses these.
 _AP10K_NAMES = ["L_Eye", "R_Eye", "Nose", "Neck", "Root of tail", "L_Shoulder", "L_Elbow", "L_F_Paw",
                 "R_Shoulder", "R_Elbow", "R_F_Paw", "L_Hip", "L_Knee", "L_B_Paw", "R_Hip", "R_Knee", "R_B_Paw"]
 _AP10K_SWAPS = [("L_Eye", "R_Eye"), ("L_Shoulder", "R_Shoulder"), ("L_Elbow", "R_Elbow"), ("L_F_Paw", "R_F_Paw"),
@@ -126,12 +140,18 @@ _AP10K_LINKS = [("L_Eye", "R_Eye"), ("L_Eye", "Nose"), ("R_Eye", "Nose"), ("Nose
 _AP10K_SIGMAS = [0.025, 0.025, 0.026, 0.035, 0.035, 0.079, 0.072, 0.062, 0.079, 0.072, 0.062, 0.107, 0.087,
                  0.089, 0.107, 0.087, 0.089]
 AP10K = _info("ap10k", _AP10K_NAMES, _AP10K_SWAPS, _AP10K_LINKS, _AP10K_SIGMAS, "msra")
-# APT-36K is annotated with AP-10K's 17-keypoint definition (same names, order, pairs and sigmas).
+# APT-36K uses AP-10K's 17-keypoint definition: ViTPose's apt36k/ViTPose_*_apt36k_256x192.py trains it as an
+# AnimalAP10KDataset with ap10k.py, and the ViTPose+ config with ap10k_info and the AP-10K pipeline.
 APT36K = _info("apt36k", _AP10K_NAMES, _AP10K_SWAPS, _AP10K_LINKS, _AP10K_SIGMAS, "msra")
 
 
 def _wholebody() -> DatasetInfo:
-    """COCO-WholeBody: 17 body + 6 foot + 68 face (iBUG-68 order) + 21 left hand + 21 right hand."""
+    """COCO-WholeBody: 17 body + 6 foot + 68 face (iBUG-68 order) + 21 left hand + 21 right hand.
+
+    Per ViTPose configs/_base_/datasets/coco_wholebody_info.py (mmpose's coco_wholebody.py): 133 names, 61 swap
+    pairs, 65 links (COCO's 19, ankle-to-foot, then root-to-fingertip chains per hand), sigmas from COCO-WholeBody's
+    evaluation/myeval_wholebody.py.
+    """
     feet = ["big_toe", "small_toe", "heel"]
     foot_names = [f"left_{p}" for p in feet] + [f"right_{p}" for p in feet]
     fingers = [f"{f}{j}" for f in ("thumb", "forefinger", "middle_finger", "ring_finger", "pinky_finger")
