@@ -1,0 +1,258 @@
+"""Training building blocks shared by the training scripts: the official loss, layer-wise lr decay parameter
+groups, the step/warmup schedule, a resumable sharded sampler, RNG capture and atomic training checkpoints.
+
+Official sources: ``mmpose/models/losses/mse_loss.py`` (``JointsMSELoss``),
+``mmcv_custom/layer_decay_optimizer_constructor.py`` (``LayerDecayOptimizerConstructor``) and mmcv's
+``StepLrUpdaterHook`` with linear warmup.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import Sampler
+
+__all__ = [
+    "joints_mse_loss",
+    "layer_id_for_vit",
+    "param_groups",
+    "build_optimizer",
+    "ScheduleConfig",
+    "lr_factor",
+    "build_scheduler",
+    "ShardedSampler",
+    "capture_rng_state",
+    "restore_rng_state",
+    "save_checkpoint",
+    "load_checkpoint",
+]
+
+
+# ------------------------------------------------------------------------------------------------------ loss
+def joints_mse_loss(pred: torch.Tensor, target: torch.Tensor, target_weight: Optional[torch.Tensor] = None,
+                    loss_weight: float = 1.0) -> torch.Tensor:
+    """Official ``JointsMSELoss(use_target_weight=True)``: mean over K of ``MSELoss(pred_k * w_k, gt_k * w_k)``
+    with MSELoss averaging over B * H * W, i.e. the mean of ``((pred - gt) * w)**2`` over all elements
+    (mmpose 0.x has no 0.5 factor). pred, target: [B, K, H, W]; target_weight: [B, K, 1] or [B, K]. The sum is
+    taken in at least float32 whatever the prediction's dtype (bf16 autocast)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
+    dtype = torch.promote_types(pred.dtype, torch.float32)
+    diff = pred.to(dtype) - target.to(dtype)
+    if target_weight is not None:
+        diff = diff * target_weight.to(dtype).reshape(pred.shape[0], pred.shape[1], 1, 1)
+    return diff.pow(2).mean() * loss_weight
+
+
+# ------------------------------------------------------------------------------------------- layer-wise decay
+def layer_id_for_vit(name: str, num_layers: int) -> int:
+    """Official ``get_num_layer_for_vit``: embeddings 0, ``backbone.blocks.i`` i + 1, everything else
+    (``last_norm``, every head) ``num_layers - 1``; ``num_layers`` = depth + 2."""
+    if name in ("backbone.cls_token", "backbone.mask_token", "backbone.pos_embed"):
+        return 0
+    if name.startswith("backbone.patch_embed"):
+        return 0
+    if name.startswith("backbone.blocks"):
+        return int(name.split(".")[2]) + 1
+    return num_layers - 1
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float,
+                 depth: Optional[int] = None) -> List[Dict[str, Any]]:
+    """Optimizer groups of the official ``LayerDecayOptimizerConstructor.add_params``.
+
+    ``lr_scale = layer_decay ** (num_layers - layer_id - 1)`` with ``num_layers = depth + 2`` (``depth`` defaults
+    to the model's backbone depth, the official configs' ``paramwise_cfg.num_layers``); weight decay 0 for 1-D
+    tensors, names ending in ``.bias`` and names containing ``pos_embed``; frozen parameters are skipped.
+    Names must be the official ones (``backbone.*``, ``keypoint_head.*``): pass the unwrapped model. Each group
+    holds ``params``, ``param_names``, ``lr`` (scaled), ``lr_scale``, ``weight_decay`` and ``group_name``.
+    """
+    if depth is None:
+        depth = model.config.backbone.depth
+    num_layers = depth + 2
+    groups: Dict[str, Dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim == 1 or name.endswith(".bias") or "pos_embed" in name
+        layer = layer_id_for_vit(name, num_layers)
+        key = f"layer_{layer}_{'no_decay' if no_decay else 'decay'}"
+        if key not in groups:
+            scale = layer_decay ** (num_layers - layer - 1)
+            groups[key] = dict(params=[], param_names=[], lr=lr * scale, lr_scale=scale,
+                               weight_decay=0.0 if no_decay else weight_decay, group_name=key)
+        groups[key]["params"].append(p)
+        groups[key]["param_names"].append(name)
+    return list(groups.values())
+
+
+def build_optimizer(model: nn.Module, lr: float = 5e-4, weight_decay: float = 0.1, layer_decay: float = 0.75,
+                    betas: Tuple[float, float] = (0.9, 0.999), fused: Optional[bool] = None) -> torch.optim.AdamW:
+    """The official AdamW with layer-wise lr decay (ViTPose COCO: lr 5e-4, wd 0.1, betas 0.9/0.999)."""
+    groups = param_groups(model, lr, weight_decay, layer_decay)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
+
+
+# ------------------------------------------------------------------------------------------------ schedule
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """mmcv ``policy='step'`` with ``warmup='linear'`` (ViTPose: 500 iters from 0.001x, x0.1 at epochs
+    170 and 200 of 210)."""
+
+    epochs: int = 210
+    milestones: Tuple[int, ...] = (170, 200)
+    gamma: float = 0.1
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+
+    def scaled_to(self, epochs: int) -> "ScheduleConfig":
+        """The same schedule for a run of ``epochs`` epochs (milestones scaled proportionally)."""
+        if epochs == self.epochs:
+            return self
+        ms = tuple(max(1, round(m * epochs / self.epochs)) for m in self.milestones)
+        return ScheduleConfig(epochs, ms, self.gamma, self.warmup_iters, self.warmup_ratio)
+
+
+def lr_factor(step: int, iters_per_epoch: int, cfg: ScheduleConfig) -> float:
+    """Multiplier of every group's initial lr at global iteration ``step`` (0-based, before the update).
+
+    Step decay by epoch (``gamma ** #milestones <= epoch``), then mmcv's linear warmup on top:
+    ``1 - (1 - step / warmup_iters) * (1 - warmup_ratio)`` while ``step < warmup_iters``."""
+    epoch = step // max(iters_per_epoch, 1)
+    factor = cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
+    if step < cfg.warmup_iters:
+        k = (1 - step / cfg.warmup_iters) * (1 - cfg.warmup_ratio)
+        factor *= 1 - k
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, iters_per_epoch: int,
+                    cfg: ScheduleConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` stepped once per iteration (after ``optimizer.step()``)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, iters_per_epoch, cfg))
+
+
+# ------------------------------------------------------------------------------------------------- sampler
+class ShardedSampler(Sampler):
+    """``DistributedSampler`` semantics (seeded permutation per epoch, padded by wrap-around to a multiple of
+    the world size, rank r takes positions r, r + world, ...) plus what resumption needs: it yields
+    ``(index, epoch)`` keys (the dataset seeds each sample's augmentation with them) and can start mid-epoch.
+
+    With ``drop_last`` the shard is cut to whole batches of ``batch_size``. ``set_epoch(epoch, start_batch)``
+    skips the first ``start_batch`` batches of that epoch (for resuming); one process with batch ``world * b``
+    sees exactly the global batches of ``world`` processes with batch ``b``.
+    """
+
+    def __init__(self, size: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 shuffle: bool = True, drop_last: bool = True):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world size {world_size}")
+        self.size, self.batch_size, self.rank, self.world = size, batch_size, rank, world_size
+        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        self.epoch, self.start_batch = 0, 0
+        per_rank = math.ceil(size / world_size)
+        self.num_batches = per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
+        if self.num_batches == 0:
+            raise ValueError(f"{size} samples over {world_size} ranks make no full batch of {batch_size}")
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _shard(self) -> List[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        total = math.ceil(self.size / self.world) * self.world
+        order = (order * math.ceil(total / self.size))[:total]
+        return order[self.rank::self.world]
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        shard = self._shard()
+        lo, hi = self.start_batch * self.batch_size, min(len(shard), self.num_batches * self.batch_size)
+        return iter([(i, self.epoch) for i in shard[lo:hi]])
+
+    def __len__(self) -> int:
+        return max(self.num_batches - self.start_batch, 0) * self.batch_size
+
+
+# ------------------------------------------------------------------------------------------------ RNG state
+def capture_rng_state() -> Dict[str, Any]:
+    """torch (CPU and current CUDA device), numpy global and python ``random`` states, as tensors and
+    primitives only (loadable with ``torch.load(weights_only=True)``)."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": _to_lists(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    random.setstate(_to_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _to_lists(x):
+    return [_to_lists(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _to_tuples(x):
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, (tuple, list)) else x
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(path: os.PathLike, state: Dict[str, Any]) -> None:
+    """Write ``state`` atomically: to ``path.tmp``, then ``os.replace`` (a killed run never leaves a torn
+    file where a good one was)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: os.PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
+    """Read a training checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"training checkpoint {str(path)!r} does not exist")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler, *, epoch: int,
+                   step: int, batch_in_epoch: int, rng_states: Sequence[Dict[str, Any]],
+                   extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Everything a resumed run needs to continue bit-identically: model, optimizer, scheduler, grad scaler,
+    position (``epoch``, global ``step``, batches done in ``epoch``) and one RNG state per rank."""
+    state = {
+        "format": "vitpose_fast-train",
+        "version": 1,
+        "model": model.state_dict(),
+        "config": model.config.to_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": epoch,
+        "step": step,
+        "batch_in_epoch": batch_in_epoch,
+        "rng": list(rng_states),
+    }
+    state.update(extra or {})
+    return state
