@@ -1,0 +1,322 @@
+"""Shared benchmark helpers: environment report, timing, peak memory, matmul rate, model FLOPs, result files.
+
+Used by ``benchmarks/run.py`` and the ``benchmarks/bench_<op>.py`` micro-benchmarks. Nothing here imports
+Triton at module level, so every helper works on a CPU-only machine.
+
+Model FLOP convention (:func:`model_flops`): one multiply-add = 2 FLOPs; only GEMMs, convolutions and the two
+attention matmuls are counted (LayerNorm, GELU, softmax, bias, upsampling and BatchNorm are left out, as
+``torch.utils.flop_counter`` does). A training step counts 3x the forward.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from vitpose_fast.config import ModelConfig
+from vitpose_fast.reference.attention import geometry
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+# ------------------------------------------------------------------------------------------------- environment
+def git_commit(repo: Optional[Path] = None) -> str:
+    """HEAD's commit (with ``-dirty`` when the tree has changes), or ``unknown`` outside a git checkout."""
+    cwd = str(repo or Path(__file__).resolve().parent)
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_slug(device: torch.device) -> str:
+    """A file-name-safe device tag: ``cpu``, ``nvidia-h100-80gb-hbm3``, ..."""
+    if device.type != "cuda":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+
+
+def _version(module: str) -> Optional[str]:
+    try:
+        mod = __import__(module)
+    except Exception:  # a broken optional install must not stop a benchmark
+        return None
+    return getattr(mod, "__version__", "unknown")
+
+
+def environment(device: torch.device) -> Dict[str, object]:
+    """Versions, device and commit: what a result needs to be reproduced."""
+    env: Dict[str, object] = {
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "cuda": torch.version.cuda,
+        "transformers": _version("transformers"),
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "commit": git_commit(),
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        env["sm_count"] = props.multi_processor_count
+    return env
+
+
+# ------------------------------------------------------------------------------------------------------ timing
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_iterations(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> List[float]:
+    """Milliseconds of each of ``iters`` calls of ``fn`` after ``warmup`` untimed calls.
+
+    CUDA: one pair of events per call (device time, no host sync inside the loop); CPU: ``perf_counter``.
+    """
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+        for start, end in events:
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize(device)
+        return [start.elapsed_time(end) for start, end in events]
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), ``q`` in [0, 100]."""
+    if not values:
+        raise ValueError("percentile of an empty list")
+    v = sorted(values)
+    pos = (len(v) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def do_bench(fn: Callable[[], object], device: torch.device, warmup_ms: float = 25, rep_ms: float = 100,
+             quantiles: Sequence[float] = (0.5, 0.2, 0.8)) -> List[float]:
+    """Median / p20 / p80 milliseconds of ``fn``: ``triton.testing.do_bench`` on CUDA (it flushes L2 between
+    calls), a short ``perf_counter`` loop on CPU (at least 3 calls)."""
+    if device.type == "cuda":
+        from triton.testing import do_bench as _triton_do_bench
+
+        return list(_triton_do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=list(quantiles)))
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-6) * 1e3
+    n = max(3, int(rep_ms / once))
+    times = time_iterations(fn, device, 0, n)
+    return [percentile(times, 100 * q) for q in quantiles]
+
+
+# ------------------------------------------------------------------------------------------------------ memory
+def _rss_bytes() -> Optional[int]:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class PeakMemory:
+    """Peak memory of the code inside ``with``, in MiB (``.mib``; ``None`` when it cannot be measured).
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after a reset (everything allocated, weights included).
+    CPU: the peak resident-set growth over the value at entry, sampled every 2 ms from ``/proc/self/statm``
+    by a thread (Linux only; ``None`` elsewhere). A sampled peak can miss a spike shorter than 2 ms.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.mib: Optional[float] = None
+        self._stop = threading.Event()
+        self._peak = 0
+        self._base: Optional[int] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        self._base = _rss_bytes()
+        if self._base is not None:
+            self._peak = self._base
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            rss = _rss_bytes()
+            if rss is not None and rss > self._peak:
+                self._peak = rss
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+            return
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            rss = _rss_bytes()
+            self._peak = max(self._peak, rss or 0)
+            self.mib = (self._peak - self._base) / 2**20
+
+
+# ----------------------------------------------------------------------------------------------- matmul rate
+def matmul_tflops(device: torch.device, dtype: torch.dtype, n: Optional[int] = None) -> float:
+    """Measured dense matmul rate in TFLOP/s for an n x n x n GEMM (default 8192 on CUDA, 1024 on CPU).
+
+    CUDA: the median call; CPU: the fastest call, as other processes sharing the cores slow most calls down."""
+    cuda = device.type == "cuda"
+    n = n or (8192 if cuda else 1024)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    ms = do_bench(lambda: a @ b, device, rep_ms=200 if cuda else 300, quantiles=(0.5,) if cuda else (0.0,))[0]
+    return 2 * n**3 / (ms * 1e-3) / 1e12
+
+
+# ------------------------------------------------------------------------------------------------------- FLOPs
+@dataclass(frozen=True)
+class FlopCount:
+    """FLOPs of one image's forward pass, by part."""
+
+    patch_embed: int
+    gemms: int  # qkv, proj, fc1, fc2 of every block
+    attention: int  # q k^T and p v (window-aware), plus the rel-pos matmuls
+    head: int
+
+    @property
+    def total(self) -> int:
+        return self.patch_embed + self.gemms + self.attention + self.head
+
+
+def model_flops(config: ModelConfig) -> FlopCount:
+    """Analytic forward FLOPs per image (see the module docstring for what is counted).
+
+    With D = embed_dim, N = Hp * Wp tokens, hidden = mlp_ratio * D, K keypoints:
+
+    - patch conv: 2 * N * D * 3 * patch^2;
+    - per block GEMMs: 2 * N * (3D^2 + D^2 + 2 * D * hidden) (= 24 N D^2 at mlp_ratio 4; ViTPose+ experts
+      count as one dense fc2, as only the sample's expert runs);
+    - per block attention, on the padded window partition (N_pad = Hpad * Wpad tokens in windows of T):
+      4 * N_pad * (T + P) * D, where P = pooled tokens (``pool``) else 0; global attention: T = N, P = 0,
+      i.e. 4 N^2 D. ``rel_pos`` adds 2 * N_pad * (wh + ww) * D;
+    - classic head: each 4x4 stride-2 deconv 2 * Cin * Cout * 16 * (its input pixels), then the 1x1 conv
+      2 * C * K * (heatmap pixels); simple head: the 3x3 conv at heatmap size, 2 * 9 * D * K * (heatmap pixels)
+      (the plain definition, whichever faster order an implementation uses).
+    """
+    b = config.backbone
+    hp, wp = b.grid
+    n, d = hp * wp, b.embed_dim
+    patch = 2 * n * d * 3 * b.patch_size**2
+    gemms = b.depth * 2 * n * (4 * d * d + 2 * d * b.mlp_hidden)
+    attention = 0
+    for i in range(b.depth):
+        spec = b.block_attention(i)
+        g = geometry(spec, (hp, wp))
+        n_pad = g.hpad * g.wpad
+        pooled = g.num_windows if spec.pool else 0
+        attention += 4 * n_pad * (g.window_tokens + pooled) * d
+        if spec.rel_pos:
+            attention += 2 * n_pad * (g.wh + g.ww) * d
+    hh, hw = config.heatmap_size
+    k = config.head.num_keypoints
+    if config.head.kind == "simple":
+        head = 2 * 9 * d * k * hh * hw
+    else:
+        head, c, pixels = 0, d, n
+        channels = config.head.deconv_channels
+        if 2 ** len(channels) != config.head_upsample:
+            channels = (channels[0],) * max(config.head_upsample.bit_length() - 1, 0)
+        for out in channels:
+            head += 2 * c * out * 16 * pixels
+            c, pixels = out, pixels * 4
+        head += 2 * c * k * hh * hw
+    return FlopCount(patch, gemms, attention, head)
+
+
+# ------------------------------------------------------------------------------------------------ result files
+def result_stem(device: torch.device, model: str, res: Sequence[int], suffix: str = "",
+                date: Optional[str] = None) -> str:
+    """``<device>_<model>_<H>x<W>[_<suffix>]_<date>``, e.g. ``cpu_vitpose_h_576x432_2026-11-24``."""
+    date = date or _dt.date.today().isoformat()
+    parts = [device_slug(device), model, f"{res[0]}x{res[1]}"] + ([suffix] if suffix else []) + [date]
+    return "_".join(parts)
+
+
+def format_cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value == 0 or 1e-3 <= abs(value) < 1e5:
+            return f"{value:.4g}" if abs(value) < 10 else f"{value:.1f}"
+        return f"{value:.2e}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[Dict[str, object]], columns: Sequence[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(format_cell(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def text_table(rows: Sequence[Dict[str, object]], columns: Sequence[str]) -> str:
+    """A fixed-width table for a terminal."""
+    cells = [[format_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    out = [fmt.format(*columns), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*row) for row in cells]
+    return "\n".join(out)
+
+
+def write_json(path: Path, payload: Dict[str, object]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
