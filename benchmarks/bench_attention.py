@@ -1,0 +1,238 @@
+"""Micro-benchmark of grid attention (global / window / shift / pool / shift+pool, with and without rel-pos),
+forward and forward+backward.
+
+    python benchmarks/bench_attention.py                      # GPU: bf16, ViTPose-B and -H at 1/8 features
+    python benchmarks/bench_attention.py --cases b --out      # + JSON under benchmarks/results/
+
+Cases (q, k, v in the model's [B, N, heads, d] layout, strided views of one qkv tensor):
+
+- ``vitpose_b_1_8``: ViTPose-B at 256x192 with 1/8 features: 32x24 grid, batch 64, 12 heads, d64, window (8, 8);
+- ``vitpose_h_576x432_1_8``: ViTPose-H at 576x432, 1/8: 72x54 grid, batch 64, 16 heads, d80, window (8, 8).
+
+Implementations:
+
+- ``triton``: our fused kernel (:mod:`vitpose_fast.kernels.attention`);
+- ``torch``: the PyTorch composition (pad + roll + partition, one SDPA call with the mask / ViTDet rel-pos bias,
+  reverse): :func:`vitpose_fast.reference.attention.attention_torch`;
+- ``flex``: FlexAttention on the row-major tokens (pooled tokens appended to the keys) with the equivalent
+  block mask built by ``create_block_mask``; rows without rel-pos only (skipped when unavailable);
+- global attention also: ``sdpa`` / ``flash`` / ``xformers`` (each when installed) through
+  :func:`vitpose_fast.kernels.attention.global_attention`.
+
+Per row: median / p20 / p80 ms (``triton.testing.do_bench``), speedup over ``torch``, useful TFLOP/s
+(4 * B * heads * d * visible query-key pairs per forward, x3.5 for fwd+bwd, FA2's convention; masked and padded
+pairs are not counted) and the peak memory of one call above what the inputs already hold. On CPU the shapes
+shrink to a tiny case and the kernel runs in the Triton interpreter: that only shows the script runs; the
+figures need a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, PeakMemory, device_slug, do_bench, environment, text_table, write_json  # noqa: E402
+
+# name -> (batch, (Hp, Wp), heads, head_dim, window)
+CASES: Dict[str, Tuple[int, Tuple[int, int], int, int, Tuple[int, int]]] = {
+    "b": (64, (32, 24), 12, 64, (8, 8)),
+    "h": (64, (72, 54), 16, 80, (8, 8)),
+}
+CASE_NAMES = {"b": "vitpose_b_1_8", "h": "vitpose_h_576x432_1_8"}
+CPU_CASE = ("tiny_cpu", (1, (8, 6), 2, 16, (4, 4)))
+MODES = ("global", "window", "shift", "pool", "shift_pool")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+COLUMNS = ["case", "spec", "rel_pos", "mode", "impl", "ms", "p20", "p80", "speedup", "tflops", "extra_mib"]
+
+
+def _spec(mode: str, window: Tuple[int, int], rel_pos: bool):
+    from vitpose_fast.config import AttentionSpec
+
+    if mode == "global":
+        return AttentionSpec(rel_pos=rel_pos)
+    return AttentionSpec("window", window, shift="shift" in mode, pool="pool" in mode, rel_pos=rel_pos)
+
+
+def visible_pairs(spec, grid: Tuple[int, int]) -> int:
+    """Query-key pairs the attention computes: sum over (window, region) groups of size^2, plus N * P pooled."""
+    from vitpose_fast.reference.attention import geometry, token_layout
+
+    win, reg, _, _ = token_layout(spec, grid)
+    pairs = int(torch.bincount(win * 9 + reg).square().sum())
+    n = grid[0] * grid[1]
+    return pairs + (n * geometry(spec, grid).num_windows if spec.pool else 0)
+
+
+def _flex(spec, grid: Tuple[int, int], device: torch.device) -> Optional[Callable]:
+    """FlexAttention with the spec's mask on row-major tokens (+ pooled keys after them); None if unavailable."""
+    if spec.rel_pos or device.type != "cuda":
+        return None
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError:
+        return None
+    from vitpose_fast.reference.attention import geometry, pool_windows, token_layout
+
+    win, reg, _, _ = token_layout(spec, grid, device)
+    group = win * 9 + reg
+    n = grid[0] * grid[1]
+    p = geometry(spec, grid).num_windows if spec.pool else 0
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (kv_idx >= n) | (group[q_idx] == group[torch.clamp(kv_idx, max=n - 1)])
+
+    block_mask = create_block_mask(mask_mod, None, None, n, n + p, device=device)
+    compiled = torch.compile(flex_attention)
+
+    def fn(q, k, v, spec, grid, rel_pos_h=None, rel_pos_w=None):
+        qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+        if spec.pool:
+            kt = torch.cat([kt, pool_windows(k, spec, grid).transpose(1, 2)], dim=2)
+            vt = torch.cat([vt, pool_windows(v, spec, grid).transpose(1, 2)], dim=2)
+        return compiled(qt, kt, vt, block_mask=block_mask).transpose(1, 2)
+
+    return fn
+
+
+def _global_choice(choice: str) -> Callable:
+    from vitpose_fast.kernels import attention as kernel
+
+    def fn(q, k, v, spec, grid, rel_pos_h=None, rel_pos_w=None):
+        os.environ[kernel.GLOBAL_ENV] = choice
+        try:
+            return kernel.global_attention(q, k, v)
+        finally:
+            os.environ.pop(kernel.GLOBAL_ENV, None)
+
+    return fn
+
+
+def _impls(spec, grid, device: torch.device, dtype: torch.dtype) -> Dict[str, Callable]:
+    from vitpose_fast.reference.attention import attention_torch
+
+    impls: Dict[str, Callable] = {"torch": attention_torch}
+    if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        from vitpose_fast.kernels import attention as kernel
+
+        impls["triton"] = kernel.attention
+        if device.type == "cuda" and spec.kind == "global" and not spec.rel_pos:
+            impls["sdpa"] = _global_choice("sdpa")
+            if kernel._flash_attn_func() is not None and dtype != torch.float32:
+                impls["flash"] = _global_choice("flash")
+            if kernel._xformers_attention() is not None:
+                impls["xformers"] = _global_choice("xformers")
+    try:
+        flex = _flex(spec, grid, device)
+    except Exception as exc:  # noqa: BLE001 - an unsupported Flex configuration is a skipped row, not a failure
+        print(f"flex unavailable for {spec}: {type(exc).__name__}: {exc}")
+        flex = None
+    if flex is not None:
+        impls["flex"] = flex
+    return impls
+
+
+def bench_case(name: str, case, dtype: torch.dtype, device: torch.device, modes: List[str], specs: List[str],
+               rel_pos: List[bool], rep_ms: float) -> List[Dict[str, object]]:
+    batch, grid, heads, d, window = case
+    n = grid[0] * grid[1]
+    rows: List[Dict[str, object]] = []
+    for spec_name in specs:
+        for rp in rel_pos:
+            spec = _spec(spec_name, window, rp)
+            size = window if spec.kind == "window" else grid
+            qkv = torch.randn(batch, n, 3, heads, d, device=device, dtype=dtype, requires_grad=True)
+            tables = [None, None]
+            if rp:
+                tables = [(0.02 * torch.randn(2 * s - 1, d, device=device)).requires_grad_() for s in size]
+            grad_out = torch.randn(batch, n, heads, d, device=device, dtype=dtype)
+            flops = 4 * batch * heads * d * visible_pairs(spec, grid)
+            for mode in modes:
+                base_ms: Optional[float] = None
+                for impl, fn in _impls(spec, grid, device, dtype).items():
+                    run = _step(fn, qkv, tables, spec, grid, grad_out, mode)
+                    try:
+                        ms, p20, p80 = do_bench(run, device, rep_ms=rep_ms)
+                    except Exception as exc:  # noqa: BLE001 - e.g. Flex without d80 support: report, go on
+                        print(f"{name} {spec_name} rel_pos={rp} {mode} {impl}: skipped ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:120]})")
+                        continue
+                    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+                    with PeakMemory(device) as peak:
+                        run()
+                    extra = None if peak.mib is None else peak.mib - before / 2**20
+                    base_ms = ms if impl == "torch" else base_ms
+                    rows.append({
+                        "case": name, "spec": spec_name, "rel_pos": rp, "mode": mode, "impl": impl, "ms": ms,
+                        "p20": p20, "p80": p80, "speedup": base_ms / ms if base_ms else None,
+                        "tflops": flops * (1 if mode == "fwd" else 3.5) / (ms * 1e-3) / 1e12, "extra_mib": extra,
+                    })
+            del qkv, grad_out
+    return rows
+
+
+def _step(fn: Callable, qkv, tables, spec, grid, grad_out, mode: str) -> Callable[[], None]:
+    leaves = [qkv] + [t for t in tables if t is not None]
+
+    if mode == "fwd":
+        def run() -> None:
+            with torch.no_grad():
+                fn(*qkv.unbind(2), spec, grid, *tables)
+    else:
+        def run() -> None:
+            for t in leaves:
+                t.grad = None
+            fn(*qkv.unbind(2), spec, grid, *tables).backward(grad_out)
+    return run
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=sorted(CASES))
+    parser.add_argument("--specs", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--rel-pos", nargs="+", choices=["on", "off"], default=["off", "on"])
+    parser.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd", "fwd+bwd"])
+    parser.add_argument("--rep-ms", type=float, default=100.0)
+    parser.add_argument("--out", nargs="?", const="auto", default=None,
+                        help="write JSON (to this path, or with no value under benchmarks/results/)")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        # Before the kernel module is imported: on CPU the Triton kernel can only run in the interpreter.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        cases = [CPU_CASE]
+        rep_ms = min(args.rep_ms, 20.0)
+        print("CPU: a tiny shape with the Triton interpreter; the figures only show that the script runs "
+              "(GPU figures need a GPU).")
+    else:
+        cases = [(CASE_NAMES[c], CASES[c]) for c in args.cases]
+        rep_ms = args.rep_ms
+    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    rel_pos = [r == "on" for r in args.rel_pos]
+
+    rows: List[Dict[str, object]] = []
+    for name, case in cases:
+        rows += bench_case(name, case, dtype, device, args.modes, args.specs, rel_pos, rep_ms)
+        print(text_table([r for r in rows if r["case"] == name], COLUMNS), flush=True)
+
+    if args.out is not None:
+        stem = f"{device_slug(device)}_attention_{str(dtype).split('.')[-1]}_{_dt.date.today().isoformat()}"
+        path = RESULTS_DIR / f"{stem}.json" if args.out == "auto" else Path(args.out)
+        case_info = {name: dict(zip(("batch", "grid", "heads", "head_dim", "window"), case)) for name, case in cases}
+        write_json(path, {"benchmark": "attention", "dtype": str(dtype), "cases": case_info,
+                          "env": environment(device), "rows": rows})
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,613 @@
+"""Grid attention (global, window, shifted window, pooling window, decomposed rel-pos) as one FlashAttention-2
+kernel family.
+
+Semantics: exactly :mod:`vitpose_fast.reference.attention` (read its docstring). q, k, v: [B, N, heads, head_dim]
+in the model's layout (the qkv Linear output reshaped; any strides with a unit last stride, so no transposes or
+copies), N = Hp * Wp row-major; output [B, N, heads, head_dim] contiguous. scale = head_dim ** -0.5.
+
+Algorithm. Every mode is the same tiling: one program per (query block of one window, batch * head). Global
+attention is the one window of the whole grid (no padding, no shift). A program walks the key blocks of its own
+window, then the P pooled key/value tokens (``pool``), with an online base-2 softmax; no score matrix is ever
+written. Window membership, padding (grid padded at the bottom/right to multiples of the window) and Swin's
+shift are index arithmetic on window-local token numbers t = i * ww + j: rolled position (r, c) = (window row *
+wh + i, window column * ww + j), original position ((r + sh) mod Hpad, (c + sw) mod Wpad), real iff inside the
+Hp x Wp grid; Swin's region id compares (r, c) with Hpad - wh, Hpad - sh (and columns alike). No torch.roll
+copies, no materialised masks. Padded tokens are masked as keys and never stored as queries.
+
+Backward (FA2): ``_bwd_kv`` gives dK/dV per key block looping over the query blocks that see it (window keys:
+the queries of its window; pooled keys: ceil(P / BLOCK_P) extra programs per (batch, head), each looping over
+every query of the map), ``_bwd_q`` gives dQ per query block; both recompute P from the saved logsumexp;
+delta = rowsum(dO * O) is a small torch prologue. No atomics. dq, dk, dv come back as three contiguous tensors
+(autograd stacks them into the qkv gradient: one extra copy).
+
+Around the kernel, in torch (autograd differentiates it): ``pool`` averages k and v per window
+(:func:`pool_windows`) and the kernel receives them as P extra key/value tokens, so the pooled tokens' gradient
+flows back to the tokens they pooled. ``rel_pos``: the prologue computes per query the [wh] and [ww] tables
+A_h[n, a] = q_n . rel_pos_h[i_n - a + wh - 1] (a = key row in the window) and A_w likewise, in fp32 (one
+[B*N*heads, d] x [d, 2w-1] GEMM plus a gather); the kernel adds A_h[q, i_k] + A_w[q, j_k] to each logit and its
+dQ pass returns dA_h, dA_w (a one-hot [BLOCK_N, w] product of dS, in tf32x3 so it stays fp32-accurate), from
+which autograd gives the table and extra q gradients. Pooled keys get no rel-pos term. For global rel-pos at
+large grids the prologue tables are [B, N, heads, Hp] fp32 (still far below the [N, N] bias the torch path makes).
+
+Dtypes: fp32, fp16, bf16 inputs; fp32 accumulation and softmax statistics; P and dS are cast to the input dtype
+for the tensor-core products (fp32 inputs use IEEE fp32 dots, not tf32). Head dims up to 128: the tile is
+BLOCK_D = next power of two (>= 16) with masked loads, so d80 (ViT-H) runs 128-wide dots: 60 % more MMA work on
+QK^T and PV than the useful part (flash-attn pads d80 to 96, FlexAttention to 128). Offsets are int64.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from vitpose_fast.config import AttentionSpec
+from vitpose_fast.reference.attention import Geometry, check_inputs, pool_windows, token_layout
+
+LOG2E = 1.4426950408889634
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_HEAD_DIM = 128
+MAX_REL_POS_SIDE = 256  # the dQ pass keeps [BLOCK_M, next_pow2(side)] rel-pos gradient tiles in registers
+
+
+@dataclass(frozen=True)
+class Config:
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+DEFAULT_CONFIG = Config()
+# Swept only with VITPOSE_FAST_AUTOTUNE=1 (forward timing, per shape/spec, cached for the process).
+AUTOTUNE_CONFIGS = (
+    DEFAULT_CONFIG,
+    Config(128, 64, 8, 2),
+    Config(64, 32, 4, 3),
+    Config(32, 32, 2, 2),
+    Config(128, 128, 8, 2),
+)
+_TUNED: dict = {}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# jit helpers
+@triton.jit
+def _coords(t, win, T, WH, WW, HP, WP, HPAD, WPAD, SH, SW, NWW):
+    """Window-local token numbers t of window ``win`` -> (token index n, in-window row i, column j, real, region)."""
+    i = t // WW
+    j = t % WW
+    r = (win // NWW) * WH + i
+    c = (win % NWW) * WW + j
+    y = (r + SH) % HPAD
+    x = (c + SW) % WPAD
+    real = (t < T) & (y < HP) & (x < WP)
+    # Swin's regions in the rolled frame; with no shift every token of a window shares one region.
+    reg = ((r >= HPAD - WH).to(tl.int32) + (r >= HPAD - SH).to(tl.int32)) * 3
+    reg += (c >= WPAD - WW).to(tl.int32) + (c >= WPAD - SW).to(tl.int32)
+    n = tl.where(real, y * WP + x, 0).to(tl.int64)
+    return n, i, j, real, reg
+
+
+@triton.jit
+def _window_logits(q, k, qn, qreal, qreg, ki, kj, kreal, kreg, AH, AW, a_base, aw_base, stride_an, stride_awn,
+                   qk_scale, HAS_REL: tl.constexpr, PREC: tl.constexpr):
+    """Base-2 logits [BLOCK_M, BLOCK_N] of queries vs window keys: scale*log2e*q.k (+ rel-pos), -inf if masked."""
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+    pair = qreal[:, None] & kreal[None, :]
+    if HAS_REL:
+        bias = tl.load(AH + a_base + qn[:, None] * stride_an + ki[None, :], mask=pair, other=0.0)
+        bias += tl.load(AW + aw_base + qn[:, None] * stride_awn + kj[None, :], mask=pair, other=0.0)
+        s += bias * 1.4426950408889634
+    return tl.where(pair & (qreg[:, None] == kreg[None, :]), s, float("-inf"))
+
+
+@triton.jit
+def _online_softmax_step(s, v, m_i, l_i, acc, PREC: tl.constexpr):
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet stay exactly zero
+    p = tl.math.exp2(s - m_use[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+    return m_new, l_i, acc
+
+
+# --------------------------------------------------------------------------------------------------------------
+# forward
+@triton.jit
+def _fwd(
+    Q, K, V, KP, VP, AH, AW, O, LSE,
+    sqb, sqn, sqh, skb, skn, skh, svb, svn, svh,
+    H, N, P, HP, WP, WH, WW, HPAD, WPAD, SH, SW, NWW, T, NQB,
+    qk_scale,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    HAS_POOL: tl.constexpr, HAS_REL: tl.constexpr, PREC: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    win = pid // NQB
+    b = bh // H
+    h = bh % H
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    qn, qi, qj, qreal, qreg = _coords((pid % NQB) * BLOCK_M + tl.arange(0, BLOCK_M), win, T, WH, WW, HP, WP,
+                                      HPAD, WPAD, SH, SW, NWW)
+    qmask = qreal[:, None] & dmask[None, :]
+    q = tl.load(Q + b * sqb + h * sqh + qn[:, None] * sqn + offs_d[None, :], mask=qmask, other=0.0)
+    a_base = (b * N * H + h) * WH
+    aw_base = (b * N * H + h) * WW
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start in range(0, T, BLOCK_N):
+        kn, ki, kj, kreal, kreg = _coords(start + tl.arange(0, BLOCK_N), win, T, WH, WW, HP, WP, HPAD, WPAD, SH,
+                                          SW, NWW)
+        kmask = kreal[:, None] & dmask[None, :]
+        k = tl.load(K + b * skb + h * skh + kn[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
+        v = tl.load(V + b * svb + h * svh + kn[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
+        s = _window_logits(q, k, qn, qreal, qreg, ki, kj, kreal, kreg, AH, AW, a_base, aw_base, H * WH, H * WW,
+                           qk_scale, HAS_REL, PREC)
+        m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc, PREC)
+    if HAS_POOL:
+        for start in range(0, P, BLOCK_P):
+            pidx = start + tl.arange(0, BLOCK_P)
+            preal = pidx < P
+            pmask = preal[:, None] & dmask[None, :]
+            poff = (b * P + pidx.to(tl.int64))[:, None] * (H * D) + h * D + offs_d[None, :]
+            kp = tl.load(KP + poff, mask=pmask, other=0.0)
+            vp = tl.load(VP + poff, mask=pmask, other=0.0)
+            s = tl.dot(q, tl.trans(kp), input_precision=PREC) * qk_scale
+            s = tl.where(qreal[:, None] & preal[None, :], s, float("-inf"))
+            m_i, l_i, acc = _online_softmax_step(s, vp, m_i, l_i, acc, PREC)
+
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    tl.store(O + (b * N + qn[:, None]) * (H * D) + h * D + offs_d[None, :], out.to(O.dtype.element_ty), mask=qmask)
+    tl.store(LSE + bh * N + qn, m_i + tl.math.log2(l_safe), mask=qreal)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# backward
+@triton.jit
+def _bwd_kv_tile(q, do, lse, delta, k, v, s, dk, dv, PREC: tl.constexpr):
+    p = tl.math.exp2(s - lse[:, None])
+    dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PREC)
+    dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+    ds = p * (dp - delta[:, None])
+    dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=PREC)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_kv(
+    Q, K, V, KP, VP, AH, AW, DO, LSE, DELTA, DK, DV, DKP, DVP,
+    sqb, sqn, sqh, skb, skn, skh, svb, svn, svh,
+    H, N, P, HP, WP, WH, WW, HPAD, WPAD, SH, SW, NWW, T, NKB, NWIN,
+    qk_scale, sm_scale,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    HAS_POOL: tl.constexpr, HAS_REL: tl.constexpr, PREC: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    a_base = (b * N * H + h) * WH
+    aw_base = (b * N * H + h) * WW
+    if pid < NKB * NWIN:
+        # Keys of one window: only that window's queries see them.
+        dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        win = pid // NKB
+        kn, ki, kj, kreal, kreg = _coords((pid % NKB) * BLOCK_N + tl.arange(0, BLOCK_N), win, T, WH, WW, HP, WP,
+                                          HPAD, WPAD, SH, SW, NWW)
+        kmask = kreal[:, None] & dmask[None, :]
+        k = tl.load(K + b * skb + h * skh + kn[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
+        v = tl.load(V + b * svb + h * svh + kn[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
+        for start in range(0, T, BLOCK_M):
+            qn, qi, qj, qreal, qreg = _coords(start + tl.arange(0, BLOCK_M), win, T, WH, WW, HP, WP, HPAD, WPAD,
+                                              SH, SW, NWW)
+            qmask = qreal[:, None] & dmask[None, :]
+            q = tl.load(Q + b * sqb + h * sqh + qn[:, None] * sqn + offs_d[None, :], mask=qmask, other=0.0)
+            do = tl.load(DO + (b * N + qn[:, None]) * (H * D) + h * D + offs_d[None, :], mask=qmask, other=0.0)
+            lse = tl.load(LSE + bh * N + qn, mask=qreal, other=0.0)
+            delta = tl.load(DELTA + bh * N + qn, mask=qreal, other=0.0)
+            s = _window_logits(q, k, qn, qreal, qreg, ki, kj, kreal, kreg, AH, AW, a_base, aw_base, H * WH,
+                               H * WW, qk_scale, HAS_REL, PREC)
+            dk, dv = _bwd_kv_tile(q, do, lse, delta, k, v, s, dk, dv, PREC)
+        off = (b * N + kn[:, None]) * (H * D) + h * D + offs_d[None, :]
+        tl.store(DK + off, (dk * sm_scale).to(DK.dtype.element_ty), mask=kmask)
+        tl.store(DV + off, dv.to(DV.dtype.element_ty), mask=kmask)
+    elif HAS_POOL:
+        # Pooled keys: every real query of the map sees them.
+        pidx = (pid - NKB * NWIN) * BLOCK_P + tl.arange(0, BLOCK_P)
+        preal = pidx < P
+        pmask = preal[:, None] & dmask[None, :]
+        poff = (b * P + pidx.to(tl.int64))[:, None] * (H * D) + h * D + offs_d[None, :]
+        kp = tl.load(KP + poff, mask=pmask, other=0.0)
+        vp = tl.load(VP + poff, mask=pmask, other=0.0)
+        dkp = tl.zeros([BLOCK_P, BLOCK_D], tl.float32)
+        dvp = tl.zeros([BLOCK_P, BLOCK_D], tl.float32)
+        for qwin in range(0, NWIN):
+            for start in range(0, T, BLOCK_M):
+                qn, qi, qj, qreal, qreg = _coords(start + tl.arange(0, BLOCK_M), qwin, T, WH, WW, HP, WP, HPAD,
+                                                  WPAD, SH, SW, NWW)
+                qmask = qreal[:, None] & dmask[None, :]
+                q = tl.load(Q + b * sqb + h * sqh + qn[:, None] * sqn + offs_d[None, :], mask=qmask, other=0.0)
+                do = tl.load(DO + (b * N + qn[:, None]) * (H * D) + h * D + offs_d[None, :], mask=qmask,
+                             other=0.0)
+                lse = tl.load(LSE + bh * N + qn, mask=qreal, other=0.0)
+                delta = tl.load(DELTA + bh * N + qn, mask=qreal, other=0.0)
+                s = tl.dot(q, tl.trans(kp), input_precision=PREC) * qk_scale
+                s = tl.where(qreal[:, None] & preal[None, :], s, float("-inf"))
+                dkp, dvp = _bwd_kv_tile(q, do, lse, delta, kp, vp, s, dkp, dvp, PREC)
+        tl.store(DKP + poff, (dkp * sm_scale).to(DKP.dtype.element_ty), mask=pmask)
+        tl.store(DVP + poff, dvp.to(DVP.dtype.element_ty), mask=pmask)
+
+
+@triton.jit
+def _bwd_q(
+    Q, K, V, KP, VP, AH, AW, DO, LSE, DELTA, DQ, DAH, DAW,
+    sqb, sqn, sqh, skb, skn, skh, svb, svn, svh,
+    H, N, P, HP, WP, WH, WW, HPAD, WPAD, SH, SW, NWW, T, NQB,
+    qk_scale, sm_scale,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    WH_P: tl.constexpr, WW_P: tl.constexpr,
+    HAS_POOL: tl.constexpr, HAS_REL: tl.constexpr, PREC: tl.constexpr, REL_PREC: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    win = pid // NQB
+    b = bh // H
+    h = bh % H
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    qn, qi, qj, qreal, qreg = _coords((pid % NQB) * BLOCK_M + tl.arange(0, BLOCK_M), win, T, WH, WW, HP, WP,
+                                      HPAD, WPAD, SH, SW, NWW)
+    qmask = qreal[:, None] & dmask[None, :]
+    q = tl.load(Q + b * sqb + h * sqh + qn[:, None] * sqn + offs_d[None, :], mask=qmask, other=0.0)
+    do = tl.load(DO + (b * N + qn[:, None]) * (H * D) + h * D + offs_d[None, :], mask=qmask, other=0.0)
+    lse = tl.load(LSE + bh * N + qn, mask=qreal, other=0.0)
+    delta = tl.load(DELTA + bh * N + qn, mask=qreal, other=0.0)
+    a_base = (b * N * H + h) * WH
+    aw_base = (b * N * H + h) * WW
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dah = tl.zeros([BLOCK_M, WH_P], tl.float32)
+    daw = tl.zeros([BLOCK_M, WW_P], tl.float32)
+    for start in range(0, T, BLOCK_N):
+        kn, ki, kj, kreal, kreg = _coords(start + tl.arange(0, BLOCK_N), win, T, WH, WW, HP, WP, HPAD, WPAD, SH,
+                                          SW, NWW)
+        kmask = kreal[:, None] & dmask[None, :]
+        k = tl.load(K + b * skb + h * skh + kn[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
+        v = tl.load(V + b * svb + h * svh + kn[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
+        s = _window_logits(q, k, qn, qreal, qreg, ki, kj, kreal, kreg, AH, AW, a_base, aw_base, H * WH, H * WW,
+                           qk_scale, HAS_REL, PREC)
+        p = tl.math.exp2(s - lse[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+        if HAS_REL:
+            # dA_h[q, a] = sum of dS over the keys in window row a: dS @ one-hot(key row).
+            onehot_h = (ki[:, None] == tl.arange(0, WH_P)[None, :]).to(tl.float32)
+            onehot_w = (kj[:, None] == tl.arange(0, WW_P)[None, :]).to(tl.float32)
+            dah += tl.dot(ds, onehot_h, input_precision=REL_PREC)
+            daw += tl.dot(ds, onehot_w, input_precision=REL_PREC)
+    if HAS_POOL:
+        for start in range(0, P, BLOCK_P):
+            pidx = start + tl.arange(0, BLOCK_P)
+            preal = pidx < P
+            pmask = preal[:, None] & dmask[None, :]
+            poff = (b * P + pidx.to(tl.int64))[:, None] * (H * D) + h * D + offs_d[None, :]
+            kp = tl.load(KP + poff, mask=pmask, other=0.0)
+            vp = tl.load(VP + poff, mask=pmask, other=0.0)
+            s = tl.dot(q, tl.trans(kp), input_precision=PREC) * qk_scale
+            s = tl.where(qreal[:, None] & preal[None, :], s, float("-inf"))
+            p = tl.math.exp2(s - lse[:, None])
+            dp = tl.dot(do, tl.trans(vp), input_precision=PREC)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(kp.dtype), kp, input_precision=PREC)
+    tl.store(DQ + (b * N + qn[:, None]) * (H * D) + h * D + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
+             mask=qmask)
+    if HAS_REL:
+        offs_a = tl.arange(0, WH_P)
+        tl.store(DAH + a_base + qn[:, None] * (H * WH) + offs_a[None, :], dah,
+                 mask=qreal[:, None] & (offs_a < WH)[None, :])
+        offs_a = tl.arange(0, WW_P)
+        tl.store(DAW + aw_base + qn[:, None] * (H * WW) + offs_a[None, :], daw,
+                 mask=qreal[:, None] & (offs_a < WW)[None, :])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# launchers
+def _pow2(x: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(x))
+
+
+def _blocks(cfg: List[int], t: int, p: int) -> Tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_P): a window (or the pooled token count) smaller than the configured block would
+    waste most of the tile, so blocks shrink to it (tl.dot needs >= 16)."""
+    return min(cfg[0], _pow2(t)), min(cfg[1], _pow2(t)), min(cfg[1], _pow2(p))
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _common(q: torch.Tensor, geom: List[int], p: int) -> tuple:
+    b, n, h, d = q.shape
+    hp, wp, wh, ww, hpad, wpad, sh, sw = geom
+    return (h, n, p, hp, wp, wh, ww, hpad, wpad, sh, sw, wpad // ww, wh * ww)
+
+
+def _prec(q: torch.Tensor) -> str:
+    return "ieee" if q.dtype == torch.float32 else "tf32"
+
+
+def _dense(*ts: Optional[torch.Tensor]) -> List[Optional[torch.Tensor]]:
+    # Pooled tokens and rel-pos tables are indexed as contiguous tensors (no-ops for the prologue's outputs).
+    return [None if t is None else t.contiguous() for t in ts]
+
+
+def _forward(q, k, v, kp, vp, ah, aw, geom: List[int], cfg: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    kp, vp, ah, aw = _dense(kp, vp, ah, aw)
+    b, n, h, d = q.shape
+    p = 0 if kp is None else kp.shape[1]
+    args = _common(q, geom, p)
+    t, nwin = args[-1], (geom[4] // geom[2]) * (geom[5] // geom[3])
+    block_m, block_n, block_p = _blocks(cfg, t, p)
+    nqb = triton.cdiv(t, block_m)
+    o = torch.empty((b, n, h, d), device=q.device, dtype=q.dtype)
+    lse = torch.empty((b, h, n), device=q.device, dtype=torch.float32)
+    dummy = lse  # never read when the matching feature is off
+    _fwd[(nqb * nwin, b * h)](
+        q, k, v, kp if kp is not None else q, vp if vp is not None else q, ah if ah is not None else dummy,
+        aw if aw is not None else dummy, o, lse,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        *args, nqb, d**-0.5 * LOG2E,
+        D=d, BLOCK_D=_pow2(d), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_P=block_p, HAS_POOL=kp is not None,
+        HAS_REL=ah is not None, PREC=_prec(q), num_warps=cfg[2], num_stages=cfg[3],
+    )
+    return o, lse
+
+
+def _backward(do, q, k, v, kp, vp, ah, aw, o, lse, geom: List[int], cfg: List[int]):
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    kp, vp, ah, aw = _dense(kp, vp, ah, aw)
+    do = do.contiguous()
+    b, n, h, d = q.shape
+    p = 0 if kp is None else kp.shape[1]
+    args = _common(q, geom, p)
+    t, nwin = args[-1], (geom[4] // geom[2]) * (geom[5] // geom[3])
+    wh, ww = geom[2], geom[3]
+    block_m, block_n, block_p = _blocks(cfg, t, p)
+    delta = (o.float() * do.float()).sum(-1).transpose(1, 2).contiguous()  # [B, h, N]
+    dq, dk, dv = (torch.empty((b, n, h, d), device=q.device, dtype=q.dtype) for _ in range(3))
+    # Absent outputs are distinct empty tensors: custom-op outputs may not alias each other.
+    dkp = torch.empty_like(kp) if kp is not None else q.new_empty(0)
+    dvp = torch.empty_like(vp) if vp is not None else q.new_empty(0)
+    dah = torch.empty_like(ah) if ah is not None else q.new_empty(0, dtype=torch.float32)
+    daw = torch.empty_like(aw) if aw is not None else q.new_empty(0, dtype=torch.float32)
+    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+               v.stride(0), v.stride(1), v.stride(2))
+    kp_, vp_ = (kp, vp) if kp is not None else (q, q)
+    ah_, aw_ = (ah, aw) if ah is not None else (delta, delta)
+    feats = dict(D=d, BLOCK_D=_pow2(d), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_P=block_p, HAS_POOL=kp is not None,
+                 HAS_REL=ah is not None, PREC=_prec(q), num_warps=cfg[2], num_stages=cfg[3])
+    nkb = triton.cdiv(t, block_n)
+    _bwd_kv[(nkb * nwin + triton.cdiv(p, block_p), b * h)](
+        q, k, v, kp_, vp_, ah_, aw_, do, lse, delta, dk, dv, dkp if kp is not None else dk,
+        dvp if vp is not None else dv, *strides, *args, nkb, nwin, d**-0.5 * LOG2E, d**-0.5, **feats,
+    )
+    nqb = triton.cdiv(t, block_m)
+    _bwd_q[(nqb * nwin, b * h)](
+        q, k, v, kp_, vp_, ah_, aw_, do, lse, delta, dq, dah if ah is not None else delta,
+        daw if aw is not None else delta, *strides, *args, nqb, d**-0.5 * LOG2E, d**-0.5,
+        WH_P=_pow2(wh) if ah is not None else 16, WW_P=_pow2(ww) if ah is not None else 16,
+        REL_PREC="ieee" if q.dtype == torch.float32 else "tf32x3", **feats,
+    )
+    return dq, dk, dv, dkp, dvp, dah, daw
+
+
+# --------------------------------------------------------------------------------------------------------------
+# torch.library registration (torch.compile traces through the ops) and autograd
+@torch.library.custom_op("vitpose_fast::grid_attention_fwd", mutates_args=())
+def _fwd_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kp: Optional[torch.Tensor], vp: Optional[torch.Tensor],
+    ah: Optional[torch.Tensor], aw: Optional[torch.Tensor], geom: List[int], cfg: List[int],
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _forward(q, k, v, kp, vp, ah, aw, geom, cfg)
+
+
+@_fwd_op.register_fake
+def _fwd_fake(q, k, v, kp, vp, ah, aw, geom, cfg):
+    b, n, h, d = q.shape
+    return q.new_empty((b, n, h, d)), q.new_empty((b, h, n), dtype=torch.float32)
+
+
+@torch.library.custom_op("vitpose_fast::grid_attention_bwd", mutates_args=())
+def _bwd_op(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kp: Optional[torch.Tensor],
+    vp: Optional[torch.Tensor], ah: Optional[torch.Tensor], aw: Optional[torch.Tensor], o: torch.Tensor,
+    lse: torch.Tensor, geom: List[int], cfg: List[int],
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(do, q, k, v, kp, vp, ah, aw, o, lse, geom, cfg)
+
+
+@_bwd_op.register_fake
+def _bwd_fake(do, q, k, v, kp, vp, ah, aw, o, lse, geom, cfg):
+    b, n, h, d = q.shape
+    like = [t.new_empty(t.shape) if t is not None else q.new_empty(0) for t in (kp, vp)]
+    rel = [t.new_empty(t.shape) if t is not None else q.new_empty(0, dtype=torch.float32) for t in (ah, aw)]
+    return (q.new_empty((b, n, h, d)), q.new_empty((b, n, h, d)), q.new_empty((b, n, h, d)), *like, *rel)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, kp, vp, ah, aw, geom, cfg = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, kp, vp, ah, aw, o, lse)
+    ctx.geom, ctx.cfg = geom, cfg
+    ctx.has = (kp is not None, ah is not None)
+
+
+def _autograd_backward(ctx, do, _dlse):
+    q, k, v, kp, vp, ah, aw, o, lse = ctx.saved_tensors
+    dq, dk, dv, dkp, dvp, dah, daw = torch.ops.vitpose_fast.grid_attention_bwd(
+        do, q, k, v, kp, vp, ah, aw, o, lse, ctx.geom, ctx.cfg
+    )
+    has_pool, has_rel = ctx.has
+    return (dq, dk, dv, dkp if has_pool else None, dvp if has_pool else None, dah if has_rel else None,
+            daw if has_rel else None, None, None)
+
+
+_fwd_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# public API
+def supports(q: torch.Tensor, spec: AttentionSpec) -> bool:
+    """Whether :func:`attention` runs q of this shape/dtype/device (grid limits are checked at the call)."""
+    on_device = q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return on_device and q.dim() == 4 and q.dtype in _DTYPES and 1 <= q.shape[-1] <= MAX_HEAD_DIM
+
+
+class _RelPosTables(torch.autograd.Function):
+    """A [B, N, heads, w] (fp32) = q_n . table[idx[n, a]] for idx [N, w]: one [B*N*heads, d] x [d, 2w-1] GEMM
+    and a gather. Saves q itself (in its own dtype: for the model a view of the qkv output, already alive)
+    instead of the fp32 copy plain autograd would keep for the table gradient."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(q, table, idx)
+        qr = torch.matmul(q.float(), table.float().t())  # [B, N, heads, 2w-1]
+        return qr.gather(-1, idx[None, :, None, :].expand(*qr.shape[:3], idx.shape[1])).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        q, table, idx = ctx.saved_tensors
+        gqr = grad.new_zeros(*grad.shape[:3], table.shape[0])
+        gqr.scatter_add_(-1, idx[None, :, None, :].expand_as(grad), grad)
+        dq = torch.matmul(gqr, table.float()).to(q.dtype) if ctx.needs_input_grad[0] else None
+        dtable = None
+        if ctx.needs_input_grad[1]:
+            dtable = (gqr.reshape(-1, table.shape[0]).t() @ q.reshape(-1, q.shape[-1]).float()).to(table.dtype)
+        return dq, dtable, None
+
+
+def _rel_pos_tables(q: torch.Tensor, spec: AttentionSpec, grid, g: Geometry, rel_pos_h, rel_pos_w):
+    """A_h [B, N, heads, wh] and A_w [B, N, heads, ww] (fp32): q_n . rel_pos[i_n - a + w - 1] for key row a."""
+    _, _, i, j = token_layout(spec, grid, q.device)
+    tables = []
+    for coord, table, w in ((i, rel_pos_h, g.wh), (j, rel_pos_w, g.ww)):
+        idx = coord[:, None] - torch.arange(w, device=q.device)[None, :] + w - 1  # [N, w]
+        tables.append(_RelPosTables.apply(q, table, idx))
+    return tables
+
+
+def _config(q: torch.Tensor, spec: AttentionSpec, g: Geometry, run) -> Config:
+    if os.environ.get("VITPOSE_FAST_AUTOTUNE") != "1" or not q.is_cuda:
+        return DEFAULT_CONFIG
+    key = (tuple(q.shape), q.dtype, spec, g)
+    if key not in _TUNED:
+        from triton.testing import do_bench
+
+        def ms(c: Config) -> float:
+            try:
+                return do_bench(lambda: run(c))
+            except triton.runtime.errors.OutOfResources:  # e.g. big tiles at head_dim 128
+                return float("inf")
+
+        _TUNED[key] = min(AUTOTUNE_CONFIGS, key=ms)
+    return _TUNED[key]
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    spec: AttentionSpec,
+    grid: Tuple[int, int],
+    rel_pos_h: Optional[torch.Tensor] = None,
+    rel_pos_w: Optional[torch.Tensor] = None,
+    *,
+    config: Optional[Config] = None,
+) -> torch.Tensor:
+    """Grid attention of q, k, v [B, N, heads, head_dim] -> [B, N, heads, head_dim] (see the module docstring),
+    differentiable in q, k, v and the rel-pos tables."""
+    g = check_inputs(q, k, v, spec, grid, rel_pos_h, rel_pos_w)
+    if not supports(q, spec) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(
+            f"triton attention needs CUDA (or TRITON_INTERPRET=1) tensors of one dtype in {_DTYPES} with head_dim "
+            f"<= {MAX_HEAD_DIM}; got {q.dtype}/{k.dtype}/{v.dtype}, head_dim {q.shape[-1]}, device {q.device}"
+        )
+    if spec.rel_pos and max(g.wh, g.ww) > MAX_REL_POS_SIDE:
+        raise ValueError(f"rel_pos supports windows (or global grids) up to {MAX_REL_POS_SIDE} a side, got {g}")
+    if q.shape[0] * q.shape[2] > 65535:
+        raise ValueError(f"batch * heads = {q.shape[0] * q.shape[2]} exceeds the launch grid limit 65535")
+    kp = vp = ah = aw = None
+    if spec.pool:
+        kp, vp = pool_windows(k, spec, grid).contiguous(), pool_windows(v, spec, grid).contiguous()
+    if spec.rel_pos:
+        ah, aw = _rel_pos_tables(q, spec, grid, g, rel_pos_h, rel_pos_w)
+    geom = [g.hp, g.wp, g.wh, g.ww, g.hpad, g.wpad, g.sh, g.sw]
+
+    def run(c: Config) -> torch.Tensor:
+        cfg = [c.block_m, c.block_n, c.num_warps, c.num_stages]
+        return torch.ops.vitpose_fast.grid_attention_fwd(q, k, v, kp, vp, ah, aw, geom, cfg)[0]
+
+    if config is None:
+        with torch.no_grad():
+            config = _config(q, spec, g, run)
+    return run(config)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# plain global attention on CUDA: vendor kernels where installed
+GLOBAL_ENV = "VITPOSE_FAST_GLOBAL_ATTENTION"
+GLOBAL_CHOICES = ("auto", "flash", "xformers", "sdpa", "triton")
+
+
+def _flash_attn_func():
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError:
+        return None
+    return flash_attn_func
+
+
+def _xformers_attention():
+    try:
+        from xformers.ops import memory_efficient_attention
+    except ImportError:
+        return None
+    return memory_efficient_attention
+
+
+def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Plain global attention (no rel-pos) of CUDA q, k, v [B, N, heads, d] -> [B, N, heads, d].
+
+    ``VITPOSE_FAST_GLOBAL_ATTENTION`` picks flash / xformers / sdpa / triton; ``auto`` (default) takes
+    flash-attn's ``flash_attn_func`` (fp16/bf16), else xFormers' ``memory_efficient_attention``, else SDPA:
+    tuned vendor FA2/FA3/cuDNN kernels that read the [B, N, heads, d] layout directly (SDPA through transposed
+    views, no copies); our kernel's advantages (fused masks, shift, pool, rel-pos) do not apply to this case.
+    """
+    choice = os.environ.get(GLOBAL_ENV, "auto").strip().lower() or "auto"
+    if choice not in GLOBAL_CHOICES:
+        raise ValueError(f"{GLOBAL_ENV}={choice!r}; expected one of {', '.join(GLOBAL_CHOICES)}")
+    half = q.dtype in (torch.float16, torch.bfloat16)
+    if choice in ("auto", "flash") and half and q.shape[-1] <= 256 and _flash_attn_func() is not None:
+        return _flash_attn_func()(q, k, v)
+    if choice in ("auto", "xformers") and _xformers_attention() is not None:
+        return _xformers_attention()(q, k, v)
+    if choice == "triton" and supports(q, AttentionSpec()):
+        return attention(q, k, v, AttentionSpec(), (1, q.shape[1]))
+    out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)

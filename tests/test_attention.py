@@ -1,0 +1,277 @@
+"""Grid attention: the Triton kernel (forward and backward, every mode) and the SDPA composition against the
+dense oracle, plus literal checks of the shift (Swin's roll + region mask) and pool semantics."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitpose_fast.config import AttentionSpec, BackboneConfig, attention_preset
+from vitpose_fast.reference.attention import attention_ref, attention_torch, geometry, pool_windows
+
+GLOBAL, WINDOW, SHIFT, POOL, SHIFT_POOL = "global", "window", "shift", "pool", "shift_pool"
+
+
+def _spec(mode: str, window, rel_pos: bool) -> AttentionSpec:
+    if mode == GLOBAL:
+        return AttentionSpec(rel_pos=rel_pos)
+    return AttentionSpec("window", window, shift=mode in (SHIFT, SHIFT_POOL), pool=mode in (POOL, SHIFT_POOL),
+                         rel_pos=rel_pos)
+
+
+def _inputs(b, grid, heads, d, spec, dtype=torch.float32, device="cpu"):
+    """q, k, v as strided views of one qkv tensor (the model's layout) and rel-pos tables (or None)."""
+    g = geometry(spec, grid)
+    n = grid[0] * grid[1]
+    qkv = torch.randn(b, n, 3, heads, d, device=device, dtype=dtype, requires_grad=True)
+    tables = [None, None]
+    if spec.rel_pos:
+        tables = [(0.5 * torch.randn(2 * w - 1, d, device=device)).requires_grad_() for w in (g.wh, g.ww)]
+    return qkv, tables
+
+
+def _run(fn, qkv, tables, spec, grid, do, **kw):
+    q, k, v = qkv.unbind(2)
+    out = fn(q, k, v, spec, grid, *tables, **kw)
+    params = [qkv] + [t for t in tables if t is not None]
+    return [out, *torch.autograd.grad(out, params, do)]
+
+
+def _assert_close(got, want, atol, rtol=1e-4, names=("out", "dqkv", "drel_h", "drel_w")):
+    for name, a, b in zip(names, got, want):
+        # Table gradients sum over every query of the batch (and FA2's dS = P * (dP - rowsum(dO * O)) leaves
+        # rounding-level noise where the exact value is 0, e.g. 1-token windows): 5x looser.
+        tol = atol * (5 if name.startswith("drel") else 1)
+        torch.testing.assert_close(a.float(), b.float(), atol=tol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Triton kernel vs the oracle (interpreter on CPU). Each mode with and without rel-pos; the cases between them
+# cover grids the window does not divide, 1-token windows, batch 1, head_dim 80 and multi-block loops.
+KERNEL_CASES = [
+    # mode, rel_pos, batch, grid, window, heads, head_dim, blocks (None: default)
+    (GLOBAL, False, 1, (5, 3), None, 2, 16, None),
+    (GLOBAL, True, 2, (7, 6), None, 1, 16, (16, 16)),  # 42 tokens: 3 query and 3 key blocks
+    (WINDOW, False, 2, (7, 6), (4, 4), 2, 16, None),
+    (WINDOW, True, 1, (5, 3), (1, 1), 2, 80, None),
+    (SHIFT, False, 2, (7, 6), (3, 2), 1, 16, None),
+    (SHIFT, True, 2, (5, 3), (2, 2), 2, 16, None),
+    (POOL, False, 1, (4, 4), (2, 2), 2, 80, None),
+    (POOL, True, 2, (7, 6), (4, 4), 1, 16, None),
+    (POOL, False, 1, (7, 6), (1, 2), 1, 16, None),  # 21 pooled tokens: 2 pooled-key blocks
+    (SHIFT_POOL, False, 2, (7, 6), (6, 6), 1, 16, (16, 16)),  # 36-token windows over 3 blocks, padded
+    (SHIFT_POOL, True, 1, (5, 3), (2, 2), 2, 16, None),
+]
+
+
+@pytest.mark.parametrize("mode,rel_pos,b,grid,window,heads,d,blocks", KERNEL_CASES)
+def test_kernel_matches_reference(mode, rel_pos, b, grid, window, heads, d, blocks):
+    from vitpose_fast.kernels import attention as kernel
+
+    spec = _spec(mode, window, rel_pos)
+    qkv, tables = _inputs(b, grid, heads, d, spec)
+    do = torch.randn(b, grid[0] * grid[1], heads, d)
+    kw = {} if blocks is None else {"config": kernel.Config(*blocks)}
+    got = _run(kernel.attention, qkv, tables, spec, grid, do, **kw)
+    want = _run(attention_ref, qkv, tables, spec, grid, do)
+    assert got[0].shape == qkv[:, :, 0].shape and got[0].is_contiguous()
+    _assert_close(got, want, atol=2e-5)
+
+
+def test_kernel_fp16_error_within_twice_torch():
+    """fp16 (interpreter): kernel error vs the fp32 oracle <= 2x the SDPA composition's own fp16 error."""
+    from vitpose_fast.kernels import attention as kernel
+
+    spec, grid = _spec(SHIFT_POOL, (3, 2), True), (7, 6)
+    qkv, tables = _inputs(2, grid, 2, 16, spec, dtype=torch.float16)
+    do = torch.randn(2, 42, 2, 16).half()
+    q, k, v = (t.detach().float() for t in qkv.unbind(2))
+    want = attention_ref(q, k, v, spec, grid, *tables)
+    err_kernel = (kernel.attention(*qkv.unbind(2), spec, grid, *tables).float() - want).abs().max()
+    err_torch = (attention_torch(*qkv.unbind(2), spec, grid, *tables).float() - want).abs().max()
+    assert err_kernel <= 2 * err_torch + 1e-3, (err_kernel, err_torch)
+    got = _run(kernel.attention, qkv, tables, spec, grid, do)
+    ref = _run(attention_ref, qkv, tables, spec, grid, do)
+    _assert_close(got, ref, atol=2e-2, rtol=2e-2)
+
+
+def test_kernel_registered_op_traces():
+    """The torch.library ops pass opcheck (schema, fake impl) and torch.compile traces them (fullgraph)."""
+    from vitpose_fast.kernels import attention as kernel
+
+    spec, grid = _spec(POOL, (2, 2), True), (3, 4)
+    qkv, tables = _inputs(1, grid, 1, 16, spec)
+    q, k, v = (t.detach().contiguous() for t in qkv.unbind(2))
+    kp, vp = pool_windows(k, spec, grid), pool_windows(v, spec, grid)
+    g = geometry(spec, grid)
+    ah, aw = (torch.randn(1, 12, 1, w) for w in (g.wh, g.ww))
+    args = (q, k, v, kp, vp, ah, aw, [3, 4, 2, 2, 4, 4, 0, 0], [64, 64, 4, 2])
+    torch.library.opcheck(torch.ops.vitpose_fast.grid_attention_fwd, args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+    def step(qkv, rel_h, rel_w):
+        return kernel.attention(*qkv.unbind(2), spec, grid, rel_h, rel_w)
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    do = torch.randn(1, 12, 1, 16)
+    got = _run(lambda q, k, v, s, g, h, w: compiled(torch.stack([q, k, v], 2), h, w), qkv, tables, spec, grid, do)
+    _assert_close(got, _run(attention_ref, qkv, tables, spec, grid, do), atol=2e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SDPA composition vs the oracle (plain torch: every mode on several grids).
+TORCH_GRIDS = [((5, 3), (2, 2)), ((4, 4), (4, 4)), ((7, 6), (3, 2)), ((5, 3), (1, 1))]
+
+
+@pytest.mark.parametrize("grid,window", TORCH_GRIDS)
+def test_torch_composition_matches_reference(grid, window):
+    for mode, rel_pos in itertools.product((GLOBAL, WINDOW, SHIFT, POOL, SHIFT_POOL), (False, True)):
+        spec = _spec(mode, window, rel_pos)
+        qkv, tables = _inputs(2, grid, 2, 8, spec, dtype=torch.float64)
+        do = torch.randn(2, grid[0] * grid[1], 2, 8, dtype=torch.float64)
+        got = _run(attention_torch, qkv, tables, spec, grid, do)
+        want = _run(attention_ref, qkv, tables, spec, grid, do)
+        _assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Literal semantics checks, built the way Swin / a pooling layer would.
+def _swin_attention(q, k, v, grid, window):
+    """Swin-style: pad, torch.roll by -shift, partition, Swin's img_mask region mask (+ padded keys masked),
+    explicit softmax per window, reverse. q, k, v: [B, N, heads, d], fp64."""
+    (hp, wp), (wh, ww) = grid, window
+    sh, sw = wh // 2, ww // 2
+    hpad, wpad = -(-hp // wh) * wh, -(-wp // ww) * ww
+    b, n, heads, d = q.shape
+
+    def partition(x):  # [B, Hpad, Wpad, C] -> [B * nW, wh * ww, C]
+        c = x.shape[-1]
+        x = x.view(x.shape[0], hpad // wh, wh, wpad // ww, ww, c).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(-1, wh * ww, c)
+
+    def shifted(t):
+        x = F.pad(t.reshape(b, hp, wp, -1), (0, 0, 0, wpad - wp, 0, hpad - hp))
+        return torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+
+    img_mask = torch.zeros(1, hpad, wpad, 1)
+    h_slices = (slice(0, -wh), slice(-wh, -sh), slice(-sh, None)) if sh else (slice(None),)
+    w_slices = (slice(0, -ww), slice(-ww, -sw), slice(-sw, None)) if sw else (slice(None),)
+    cnt = 0
+    for hs in h_slices:
+        for ws in w_slices:
+            img_mask[:, hs, ws, :] = cnt
+            cnt += 1
+    mask_windows = partition(img_mask).squeeze(-1)  # [nW, T]
+    blocked = mask_windows[:, None, :] != mask_windows[:, :, None]
+    real = torch.roll(F.pad(torch.ones(1, hp, wp, 1), (0, 0, 0, wpad - wp, 0, hpad - hp)), (-sh, -sw), (1, 2))
+    blocked = blocked | (partition(real).squeeze(-1)[:, None, :] == 0)  # padded keys
+    qw, kw, vw = (partition(shifted(t)).view(-1, wh * ww, heads, d).transpose(1, 2) for t in (q, k, v))
+    attn = (qw * d**-0.5) @ kw.transpose(-2, -1)
+    attn = attn.view(b, -1, heads, wh * ww, wh * ww).masked_fill(blocked[None, :, None], float("-inf"))
+    out = attn.softmax(-1).view(-1, heads, wh * ww, wh * ww) @ vw  # [B * nW, heads, T, d]
+    out = out.transpose(1, 2).reshape(b, hpad // wh, wpad // ww, wh, ww, heads * d)
+    out = out.permute(0, 1, 3, 2, 4, 5).reshape(b, hpad, wpad, heads * d)
+    out = torch.roll(out, shifts=(sh, sw), dims=(1, 2))[:, :hp, :wp]
+    return out.reshape(b, n, heads, d)
+
+
+@pytest.mark.parametrize("grid,window", [((4, 4), (2, 2)), ((7, 6), (4, 4)), ((5, 3), (3, 2)), ((6, 5), (5, 1))])
+def test_shift_matches_swin_roll_and_mask(grid, window):
+    spec = AttentionSpec("window", window, shift=True)
+    q, k, v = (torch.randn(2, grid[0] * grid[1], 2, 8, dtype=torch.float64) for _ in range(3))
+    torch.testing.assert_close(attention_ref(q, k, v, spec, grid), _swin_attention(q, k, v, grid, window))
+
+
+@pytest.mark.parametrize("grid,window,shift", [((4, 6), (2, 3), False), ((4, 6), (2, 3), True),
+                                               ((7, 5), (3, 2), False), ((7, 5), (4, 4), True)])
+def test_pool_is_avg_pool_of_x_then_projection(grid, window, shift):
+    """pool_windows(k) with k = x W^T + b equals projecting avg-pooled x; avg-pooling = F.avg_pool2d over the
+    real tokens of the (rolled, for shift) zero-padded map."""
+    spec = AttentionSpec("window", window, shift=shift, pool=True)
+    g = geometry(spec, grid)
+    b, c, heads, d = 2, 12, 2, 4
+    x = torch.randn(b, grid[0] * grid[1], c, dtype=torch.float64)
+    proj = torch.nn.Linear(c, heads * d).double()
+    k = proj(x).view(b, -1, heads, d)
+    pooled_x = pool_windows(x.view(b, -1, 1, c), spec, grid).view(b, -1, c)
+    torch.testing.assert_close(pool_windows(k, spec, grid), proj(pooled_x).view(b, -1, heads, d))
+
+    def padded_rolled(t):  # [B, N, C] -> [B, C, Hpad, Wpad]
+        t = F.pad(t.view(t.shape[0], *grid, -1), (0, 0, 0, g.wpad - g.wp, 0, g.hpad - g.hp))
+        return torch.roll(t, (-g.sh, -g.sw), (1, 2)).permute(0, 3, 1, 2)
+
+    sums = F.avg_pool2d(padded_rolled(x), window, divisor_override=1)
+    counts = F.avg_pool2d(padded_rolled(torch.ones(1, x.shape[1], 1, dtype=x.dtype)), window, divisor_override=1)
+    literal = (sums / counts).flatten(2).transpose(1, 2)  # [B, P, C] window-major
+    torch.testing.assert_close(pooled_x, literal)
+
+
+def test_rejects_mismatched_rel_pos_tables():
+    spec = AttentionSpec("window", (2, 2), rel_pos=True)
+    q = torch.randn(1, 6, 1, 8)
+    with pytest.raises(ValueError, match="rel_pos_h / rel_pos_w must be"):
+        attention_ref(q, q, q, spec, (2, 3), torch.zeros(5, 8), torch.zeros(3, 8))
+    with pytest.raises(ValueError, match="not given"):
+        attention_torch(q, q, q, spec, (2, 3))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A whole reduced-width ViTPose-B-shaped block, every spec of the attention presets: triton vs reference.
+def _preset_specs(depth: int, window):
+    specs = []
+    for name in ("full", "window", "window_shift", "window_pool", "window_shift_pool", "full_window"):
+        for s in attention_preset(name, depth=depth, window=window):
+            if s not in specs:
+                specs.append(s)
+    return specs
+
+
+@pytest.mark.parametrize("spec", _preset_specs(4, (4, 4)), ids=str)
+def test_block_triton_matches_reference(spec):
+    from vitpose_fast.backbone import Block
+
+    cfg = BackboneConfig(img_size=(64, 48), patch_stride=8, embed_dim=32, num_heads=2, depth=4, attention=spec)
+    block = Block(cfg, spec, drop_path=0.0)
+    if spec.rel_pos:
+        for t in (block.attn.rel_pos_h, block.attn.rel_pos_w):
+            torch.nn.init.normal_(t, std=0.5)
+    x = torch.randn(1, cfg.grid[0] * cfg.grid[1], cfg.embed_dim, requires_grad=True)
+    params = [x] + list(block.parameters())
+    results = []
+    for backend in ("triton", "reference"):
+        out = block(x, cfg.grid, None, backend)
+        results.append([out, *torch.autograd.grad(out.square().sum(), params)])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# GPU: bf16 / fp16 at real shapes, the 2x rule (kernel error <= 2x the torch composition's error in that dtype).
+GPU_CASES = [
+    # grid, heads, head_dim, spec
+    ((32, 24), 12, 64, _spec(SHIFT_POOL, (8, 8), True)),
+    ((32, 24), 12, 64, _spec(WINDOW, (16, 12), True)),
+    ((32, 24), 12, 64, _spec(GLOBAL, None, True)),
+    ((32, 24), 12, 64, _spec(SHIFT, (8, 8), False)),
+    ((36, 27), 16, 80, _spec(SHIFT_POOL, (8, 8), True)),
+    ((36, 27), 16, 80, _spec(GLOBAL, None, False)),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("grid,heads,d,spec", GPU_CASES)
+def test_gpu_low_precision_within_twice_torch_error(grid, heads, d, spec, dtype):
+    from vitpose_fast.kernels import attention as kernel
+
+    b = 2
+    qkv, tables = _inputs(b, grid, heads, d, spec, dtype=dtype, device="cuda")
+    do = torch.randn(b, grid[0] * grid[1], heads, d, device="cuda", dtype=dtype)
+    qkv32 = qkv.detach().float().requires_grad_()
+    want = _run(attention_ref, qkv32, tables, spec, grid, do.float())
+    got = _run(kernel.attention, qkv, tables, spec, grid, do)
+    base = _run(attention_torch, qkv, tables, spec, grid, do)
+    for name, g, t, w in zip(("out", "dqkv", "drel_h", "drel_w"), got, base, want):
+        err, err_torch = (g.float() - w).abs().max().item(), (t.float() - w).abs().max().item()
+        assert err <= 2 * err_torch + 1e-5 * w.abs().max().item(), f"{name}: {err} vs torch {err_torch}"
