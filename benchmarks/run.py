@@ -255,10 +255,11 @@ def forced_global_attention(impl: Callable[[torch.Tensor, torch.Tensor, torch.Te
     by replacing ``vitpose_fast.ops.attention`` (which every block looks up at call time) for the ``with`` body."""
     original = ops.attention
 
-    def patched(q, k, v, spec, grid, rel_pos_h=None, rel_pos_w=None, backend="torch"):
-        if spec.kind == "global" and not spec.rel_pos and backend != "reference":
+    def patched(q, k, v, spec, grid, rel_pos_h=None, rel_pos_w=None, backend="torch", **extra):
+        plain = all(t is None for t in extra.values())  # extra key/value tokens need our implementations
+        if spec.kind == "global" and not spec.rel_pos and backend != "reference" and plain:
             return impl(q, k, v)
-        return original(q, k, v, spec, grid, rel_pos_h, rel_pos_w, backend=backend)
+        return original(q, k, v, spec, grid, rel_pos_h, rel_pos_w, backend=backend, **extra)
 
     patched.__name__ = f"attention_via_{name}"
     ops.attention = patched
