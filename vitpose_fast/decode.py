@@ -131,8 +131,10 @@ def gaussian_blur(heatmaps: torch.Tensor, kernel: int = 11, border: str = "refle
         x = F.pad(x, (r, r, r, r))
     else:
         x = x.index_select(3, _reflect101_index(W, r, x.device)).index_select(2, _reflect101_index(H, r, x.device))
-    x = F.conv2d(x, taps.view(1, 1, 1, kernel))
-    x = F.conv2d(x, taps.view(1, 1, kernel, 1))
+    # cuDNN would run these in TF32 on Ampere+ (~1e-3 relative), which moves the Newton step; keep fp32.
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        x = F.conv2d(x, taps.view(1, 1, 1, kernel))
+        x = F.conv2d(x, taps.view(1, 1, kernel, 1))
     return x.reshape(shape)
 
 

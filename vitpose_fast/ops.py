@@ -80,25 +80,30 @@ def attention(
     rel_pos_h: Optional[torch.Tensor] = None,
     rel_pos_w: Optional[torch.Tensor] = None,
     backend: str = "torch",
+    extra_k: Optional[torch.Tensor] = None,
+    extra_v: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Multi-head attention of q, k, v [B, N, heads, head_dim] (N = Hp * Wp tokens, row-major) -> same shape,
     with the window / shift / pool / rel-pos semantics of :mod:`vitpose_fast.reference.attention`.
 
+    ``extra_k``, ``extra_v`` [B, T, heads, head_dim] (optional): extra global key/value tokens every query sees
+    besides its window (the knowledge tokens; no mask, no rel-pos term).
+
     ``backend`` is a resolved backend (see :func:`resolve`). ``triton``: plain global attention on CUDA goes to
-    the fastest installed vendor kernel (flash-attn, xFormers, else SDPA; see
-    :func:`vitpose_fast.kernels.attention.global_attention`), every other spec to our fused kernel; inputs the
-    kernel does not support fall back to ``torch`` (the SDPA composition).
+    the fastest installed vendor kernel (flash-attn, xFormers, else SDPA; extra tokens concatenated to k and v;
+    see :func:`vitpose_fast.kernels.attention.global_attention`), every other spec to our fused kernel; inputs
+    the kernel does not support fall back to ``torch`` (the SDPA composition).
     """
     if backend == "reference":
-        return _ref_attention.attention_ref(q, k, v, spec, grid, rel_pos_h, rel_pos_w)
+        return _ref_attention.attention_ref(q, k, v, spec, grid, rel_pos_h, rel_pos_w, extra_k, extra_v)
     if backend == "triton" and _triton_usable(q) and _attention_kernel_supports(q, spec):
         from .kernels import attention as _k
 
         if q.is_cuda and spec.kind == "global" and not spec.rel_pos:
             _ref_attention.check_inputs(q, k, v, spec, grid, rel_pos_h, rel_pos_w)
-            return _k.global_attention(q, k, v)
-        return _k.attention(q, k, v, spec, grid, rel_pos_h, rel_pos_w)
-    return _ref_attention.attention_torch(q, k, v, spec, grid, rel_pos_h, rel_pos_w)
+            return _k.global_attention(q, k, v, extra_k, extra_v)
+        return _k.attention(q, k, v, spec, grid, rel_pos_h, rel_pos_w, extra_k, extra_v)
+    return _ref_attention.attention_torch(q, k, v, spec, grid, rel_pos_h, rel_pos_w, extra_k, extra_v)
 
 
 def _attention_kernel_supports(q: torch.Tensor, spec: AttentionSpec) -> bool:
@@ -149,6 +154,6 @@ def decode_heatmaps(heatmaps: torch.Tensor, centers, scales, method: str = "udp"
             from .kernels import heatmap_decode as _k
         except ImportError:
             _k = None
-        if _k is not None and _k.supports(heatmaps, method):
+        if _k is not None and _k.supports(heatmaps, method, kernel):
             return _k.decode_heatmaps_triton(heatmaps, centers, scales, method=method, kernel=kernel)
     return decode.decode_heatmaps(heatmaps, centers, scales, method=method, kernel=kernel)
