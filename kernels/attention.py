@@ -22,7 +22,11 @@ delta = rowsum(dO * O) is a small torch prologue. No atomics. dq, dk, dv come ba
 
 Around the kernel, in torch (autograd differentiates it): ``pool`` averages k and v per window
 (:func:`pool_windows`) and the kernel receives them as P extra key/value tokens, so the pooled tokens' gradient
-flows back to the tokens they pooled. ``rel_pos``: the prologue computes per query the [wh] and [ww] tables
+flows back to the tokens they pooled. Extra global key/value tokens (``extra_k``, ``extra_v`` [B, T, heads, d]:
+the backbone's knowledge tokens) are concatenated after the pooled ones into the same appended set (P + T
+tokens, seen by every query, no mask or rel-pos term), so they cost one small copy and reuse the pooled-key
+loops forward and backward; this works for every spec, global included (the appended loop does not depend on
+``pool``). ``rel_pos``: the prologue computes per query the [wh] and [ww] tables
 A_h[n, a] = q_n . rel_pos_h[i_n - a + wh - 1] (a = key row in the window) and A_w likewise, in fp32 (one
 [B*N*heads, d] x [d, 2w-1] GEMM plus a gather); the kernel adds A_h[q, i_k] + A_w[q, j_k] to each logit and its
 dQ pass returns dA_h, dA_w (a one-hot [BLOCK_N, w] product of dS, in tf32x3 so it stays fp32-accurate), from
@@ -46,7 +50,7 @@ import triton
 import triton.language as tl
 
 from vitpose_fast.config import AttentionSpec
-from vitpose_fast.reference.attention import Geometry, check_inputs, pool_windows, token_layout
+from vitpose_fast.reference.attention import Geometry, check_extra, check_inputs, pool_windows, token_layout
 
 LOG2E = 1.4426950408889634
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -512,10 +516,10 @@ def _rel_pos_tables(q: torch.Tensor, spec: AttentionSpec, grid, g: Geometry, rel
     return tables
 
 
-def _config(q: torch.Tensor, spec: AttentionSpec, g: Geometry, run) -> Config:
+def _config(q: torch.Tensor, spec: AttentionSpec, g: Geometry, appended: int, run) -> Config:
     if os.environ.get("VITPOSE_FAST_AUTOTUNE") != "1" or not q.is_cuda:
         return DEFAULT_CONFIG
-    key = (tuple(q.shape), q.dtype, spec, g)
+    key = (tuple(q.shape), q.dtype, spec, g, appended)
     if key not in _TUNED:
         from triton.testing import do_bench
 
@@ -537,12 +541,16 @@ def attention(
     grid: Tuple[int, int],
     rel_pos_h: Optional[torch.Tensor] = None,
     rel_pos_w: Optional[torch.Tensor] = None,
+    extra_k: Optional[torch.Tensor] = None,
+    extra_v: Optional[torch.Tensor] = None,
     *,
     config: Optional[Config] = None,
 ) -> torch.Tensor:
     """Grid attention of q, k, v [B, N, heads, head_dim] -> [B, N, heads, head_dim] (see the module docstring),
-    differentiable in q, k, v and the rel-pos tables."""
+    with optional extra global key/value tokens extra_k, extra_v [B, T, heads, head_dim]; differentiable in
+    q, k, v, the rel-pos tables and the extra tokens."""
     g = check_inputs(q, k, v, spec, grid, rel_pos_h, rel_pos_w)
+    has_extra = check_extra(q, extra_k, extra_v) > 0
     if not supports(q, spec) or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(
             f"triton attention needs CUDA (or TRITON_INTERPRET=1) tensors of one dtype in {_DTYPES} with head_dim "
@@ -554,7 +562,12 @@ def attention(
         raise ValueError(f"batch * heads = {q.shape[0] * q.shape[2]} exceeds the launch grid limit 65535")
     kp = vp = ah = aw = None
     if spec.pool:
-        kp, vp = pool_windows(k, spec, grid).contiguous(), pool_windows(v, spec, grid).contiguous()
+        kp, vp = pool_windows(k, spec, grid), pool_windows(v, spec, grid)
+    if has_extra:
+        kp = extra_k if kp is None else torch.cat([kp, extra_k], dim=1)
+        vp = extra_v if vp is None else torch.cat([vp, extra_v], dim=1)
+    if kp is not None:
+        kp, vp = kp.contiguous(), vp.contiguous()
     if spec.rel_pos:
         ah, aw = _rel_pos_tables(q, spec, grid, g, rel_pos_h, rel_pos_w)
     geom = [g.hp, g.wp, g.wh, g.ww, g.hpad, g.wpad, g.sh, g.sw]
@@ -565,7 +578,7 @@ def attention(
 
     if config is None:
         with torch.no_grad():
-            config = _config(q, spec, g, run)
+            config = _config(q, spec, g, 0 if kp is None else kp.shape[1], run)
     return run(config)
 
 
@@ -591,8 +604,17 @@ def _xformers_attention():
     return memory_efficient_attention
 
 
-def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def global_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    extra_k: Optional[torch.Tensor] = None,
+    extra_v: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Plain global attention (no rel-pos) of CUDA q, k, v [B, N, heads, d] -> [B, N, heads, d].
+
+    Extra key/value tokens ([B, T, heads, d]) are concatenated to k and v for the vendor kernels (they take
+    N + T keys for N queries; one copy of k and v) and passed as appended tokens to ours.
 
     ``VITPOSE_FAST_GLOBAL_ATTENTION`` picks flash / xformers / sdpa / triton; ``auto`` (default) takes
     flash-attn's ``flash_attn_func`` (fp16/bf16), else xFormers' ``memory_efficient_attention``, else SDPA:
@@ -602,12 +624,14 @@ def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     choice = os.environ.get(GLOBAL_ENV, "auto").strip().lower() or "auto"
     if choice not in GLOBAL_CHOICES:
         raise ValueError(f"{GLOBAL_ENV}={choice!r}; expected one of {', '.join(GLOBAL_CHOICES)}")
+    if choice == "triton" and supports(q, AttentionSpec()):
+        return attention(q, k, v, AttentionSpec(), (1, q.shape[1]), extra_k=extra_k, extra_v=extra_v)
+    if check_extra(q, extra_k, extra_v):
+        k, v = torch.cat([k, extra_k], dim=1), torch.cat([v, extra_v], dim=1)
     half = q.dtype in (torch.float16, torch.bfloat16)
     if choice in ("auto", "flash") and half and q.shape[-1] <= 256 and _flash_attn_func() is not None:
         return _flash_attn_func()(q, k, v)
     if choice in ("auto", "xformers") and _xformers_attention() is not None:
         return _xformers_attention()(q, k, v)
-    if choice == "triton" and supports(q, AttentionSpec()):
-        return attention(q, k, v, AttentionSpec(), (1, q.shape[1]))
     out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)

@@ -275,3 +275,101 @@ def test_gpu_low_precision_within_twice_torch_error(grid, heads, d, spec, dtype)
     for name, g, t, w in zip(("out", "dqkv", "drel_h", "drel_w"), got, base, want):
         err, err_torch = (g.float() - w).abs().max().item(), (t.float() - w).abs().max().item()
         assert err <= 2 * err_torch + 1e-5 * w.abs().max().item(), f"{name}: {err} vs torch {err_torch}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Extra global key/value tokens (knowledge tokens): every mode, outputs and gradients (the extra k/v included).
+EXTRA_CASES = [
+    # mode, rel_pos, batch, grid, window, heads, head_dim, extra tokens
+    (GLOBAL, False, 2, (5, 3), None, 2, 16, 1),
+    (GLOBAL, True, 1, (4, 3), None, 1, 16, 3),
+    (WINDOW, True, 2, (7, 6), (4, 4), 1, 16, 1),
+    (SHIFT, False, 1, (5, 3), (2, 2), 2, 16, 2),
+    (POOL, True, 1, (7, 6), (4, 4), 1, 16, 1),
+    (SHIFT_POOL, True, 2, (5, 3), (2, 2), 1, 80, 1),
+]
+
+
+def _run_extra(fn, qkv, tables, extra, spec, grid, do, **kw):
+    q, k, v = qkv.unbind(2)
+    out = fn(q, k, v, spec, grid, *tables, extra[:, :, 0], extra[:, :, 1], **kw)
+    params = [qkv, extra] + [t for t in tables if t is not None]
+    return [out, *torch.autograd.grad(out, params, do)]
+
+
+def _extra(b, t, heads, d, dtype=torch.float32):
+    return torch.randn(b, t, 2, heads, d, dtype=dtype, requires_grad=True)
+
+
+@pytest.mark.parametrize("mode,rel_pos,b,grid,window,heads,d,t", EXTRA_CASES)
+def test_extra_kv_kernel_and_torch_match_reference(mode, rel_pos, b, grid, window, heads, d, t):
+    from vitpose_fast.kernels import attention as kernel
+
+    spec = _spec(mode, window, rel_pos)
+    qkv, tables = _inputs(b, grid, heads, d, spec)
+    extra = _extra(b, t, heads, d)
+    do = torch.randn(b, grid[0] * grid[1], heads, d)
+    want = _run_extra(attention_ref, qkv, tables, extra, spec, grid, do)
+    names = ("out", "dqkv", "dextra", "drel_h", "drel_w")
+    _assert_close(_run_extra(kernel.attention, qkv, tables, extra, spec, grid, do), want, atol=2e-5, names=names)
+    _assert_close(_run_extra(attention_torch, qkv, tables, extra, spec, grid, do), want, atol=2e-5, names=names)
+
+
+@pytest.mark.parametrize("mode", [GLOBAL, WINDOW, SHIFT, POOL, SHIFT_POOL])
+def test_extra_kv_torch_matches_reference_fp64(mode):
+    spec, grid = _spec(mode, (3, 2), True), (7, 6)
+    qkv, tables = _inputs(2, grid, 2, 8, spec, dtype=torch.float64)
+    extra = _extra(2, 2, 2, 8, dtype=torch.float64)
+    do = torch.randn(2, 42, 2, 8, dtype=torch.float64)
+    got = _run_extra(attention_torch, qkv, tables, extra, spec, grid, do)
+    want = _run_extra(attention_ref, qkv, tables, extra, spec, grid, do)
+    _assert_close(got, want, atol=1e-10, rtol=1e-10, names=("out", "dqkv", "dextra", "drel_h", "drel_w"))
+
+
+def test_extra_kv_global_is_plain_attention_over_n_plus_t():
+    """Global attention with T extra tokens = explicit softmax attention of the N queries over N + T keys."""
+    from vitpose_fast.kernels import attention as kernel
+
+    b, n, t, heads, d = 2, 11, 2, 2, 16
+    q, k, v = (torch.randn(b, n, heads, d, dtype=torch.float64) for _ in range(3))
+    ek, ev = (torch.randn(b, t, heads, d, dtype=torch.float64) for _ in range(2))
+    kk, vv = torch.cat([k, ek], 1).transpose(1, 2), torch.cat([v, ev], 1).transpose(1, 2)
+    plain = ((q.transpose(1, 2) @ kk.transpose(-2, -1)) * d**-0.5).softmax(-1) @ vv
+    plain = plain.transpose(1, 2)
+    spec, grid = AttentionSpec(), (1, n)
+    torch.testing.assert_close(attention_ref(q, k, v, spec, grid, extra_k=ek, extra_v=ev), plain)
+    torch.testing.assert_close(attention_torch(q, k, v, spec, grid, extra_k=ek, extra_v=ev), plain)
+    got = kernel.attention(*(x.float() for x in (q, k, v)), spec, grid, extra_k=ek.float(), extra_v=ev.float())
+    torch.testing.assert_close(got, plain.float(), atol=2e-5, rtol=1e-4)
+
+
+def test_extra_kv_rejects_malformed_tokens():
+    q = torch.randn(1, 6, 2, 8)
+    spec = AttentionSpec("window", (2, 2))
+    with pytest.raises(ValueError, match="together"):
+        attention_ref(q, q, q, spec, (2, 3), extra_k=torch.randn(1, 1, 2, 8))
+    with pytest.raises(ValueError, match=r"\[B, T, heads, head_dim\]"):
+        attention_torch(q, q, q, spec, (2, 3), extra_k=torch.randn(1, 1, 3, 8), extra_v=torch.randn(1, 1, 3, 8))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("spec", [_spec(SHIFT_POOL, (8, 8), True), _spec(GLOBAL, None, True),
+                                  _spec(GLOBAL, None, False)], ids=str)
+def test_gpu_extra_kv_within_twice_torch_error(spec, dtype):
+    """Knowledge tokens at ViTPose-B 1/8 shapes: our kernel (and, for plain global attention, the dispatched
+    vendor kernel) vs the fp32 oracle, at most 2x the SDPA composition's error in outputs and gradients."""
+    from vitpose_fast import ops
+
+    b, grid, heads, d = 2, (32, 24), 12, 64
+    qkv, tables = _inputs(b, grid, heads, d, spec, dtype=dtype, device="cuda")
+    extra = torch.randn(b, 1, 2, heads, d, device="cuda", dtype=dtype, requires_grad=True)
+    do = torch.randn(b, grid[0] * grid[1], heads, d, device="cuda", dtype=dtype)
+    ref = [t.detach().float().requires_grad_() for t in (qkv, extra)]
+    want = _run_extra(attention_ref, ref[0], tables, ref[1], spec, grid, do.float())
+    got = _run_extra(lambda *a: ops.attention(*a[:7], backend="triton", extra_k=a[7], extra_v=a[8]),
+                     qkv, tables, extra, spec, grid, do)
+    base = _run_extra(attention_torch, qkv, tables, extra, spec, grid, do)
+    for name, g, t, w in zip(("out", "dqkv", "dextra", "drel_h", "drel_w"), got, base, want):
+        err, err_torch = (g.float() - w).abs().max().item(), (t.float() - w).abs().max().item()
+        assert err <= 2 * err_torch + 1e-5 * w.abs().max().item(), f"{name}: {err} vs torch {err_torch}"

@@ -1,6 +1,7 @@
 """Typed training presets reproducing the official ViTPose COCO configs, plus a tiny CPU preset.
 
-Names: ``vitpose_{s,b,l,h}[_simple]_coco_{256x192,384x288,576x432}`` and ``tiny_synthetic``. The 256x192 values
+Names: ``vitpose_{s,b,l,h}[_simple]_coco_{256x192,384x288,576x432}``, ``tiny_synthetic`` and
+``tiny_synthetic_multi`` (the tiny model as a ViTPose+ with 6 experts, for multi-dataset runs on synthetic sets). The 256x192 values
 are the official ``ViTPose_{small,base,large,huge}[_simple]_coco_256x192.py`` (AdamW lr 5e-4, wd 0.1, betas
 0.9/0.999, layer decay S 0.8 / B 0.75 / L 0.8 / H 0.85, drop path S 0.1 / B 0.3 / L 0.5 / H 0.55, batch 64 per
 GPU x 8, 210 epochs, x0.1 at 170 and 200, 500 warmup iters from 0.001x, grad clip 1.0, UDP, sigma 2).
@@ -85,6 +86,16 @@ def tiny_synthetic(head: str = "classic") -> TrainPreset:
                        batch_size=32, val_batch_size=32, workers=2, eval_interval=5, save_interval=5)
 
 
+def tiny_synthetic_multi() -> TrainPreset:
+    """:func:`tiny_synthetic` as a ViTPose+ (6 experts of C/4 = 48 features, the ratio of every released
+    ViTPose+ checkpoint) for ``--datasets`` runs; train.py adds one head per dataset index up to the largest one
+    used. lr 1e-3 as the official ViTPose+ configs (and as the tiny preset)."""
+    base = tiny_synthetic()
+    model = replace(base.model, backbone=replace(base.model.backbone, num_experts=6, part_features=48),
+                    name="tiny_synthetic_multi")
+    return replace(base, name="tiny_synthetic_multi", model=model)
+
+
 def _all_presets() -> Dict[str, TrainPreset]:
     out = {}
     for size in _SIZES:
@@ -93,6 +104,7 @@ def _all_presets() -> Dict[str, TrainPreset]:
                 p = _official(size, simple, res)
                 out[p.name] = p
     out["tiny_synthetic"] = tiny_synthetic()
+    out["tiny_synthetic_multi"] = tiny_synthetic_multi()
     return out
 
 

@@ -25,6 +25,32 @@ Usage (COCO layout: ``DIR/annotations/person_keypoints_{train,val}2017.json``, `
     # curves
     python train/plot.py runs/tiny/metrics.jsonl --out runs/tiny/curves.png
 
+Multi-dataset training (ViTPose+: one expert and one head per dataset, mixed batches). ``--datasets`` takes
+``name=DIR`` (the COCO layout above inside DIR) or ``name=TRAIN_ANN:TRAIN_IMAGES[:VAL_ANN:VAL_IMAGES]`` (any
+COCO-format keypoint files), comma-separated; names are ViTPose+ datasets (coco, aic, mpii, ap10k, apt36k,
+wholebody), whose order fixes the expert/head index (coco 0 ... wholebody 5) and whose metadata (keypoints, flip
+pairs, UDP for COCO/MPII, MSRA for the others) comes from ``vitpose_fast.datasets``. ``--ratios`` sets each
+set's expected share of a batch (default: proportional to the set sizes), ``--loss-weights`` each head's weight,
+``--experts`` the ViTPose+ experts (1: a shared backbone with one head per dataset; part features from the
+preset, else C/4). Each set with validation files is evaluated with COCOeval and its own OKS sigmas; ``AP`` is
+their mean (``best.pth`` follows it)::
+
+    # ViTPose+-B on COCO + AIC (any COCO-format AIC files; without a detection file a set is evaluated on its
+    # ground-truth boxes)
+    torchrun --nproc_per_node=8 train/train.py --preset vitpose_b_coco_256x192 --experts 6 --lr 1e-3 \\
+        --batch-size 128 --amp bf16 --init mae_pretrain_vit_base.pth --out runs/vitpose_plus_b \\
+        --datasets coco=data/coco \\
+        --datasets aic=data/aic/aic_train.json:data/aic/train_images:data/aic/aic_val.json:data/aic/val_images
+
+    # CPU: the synthetic set plus an AIC-style copy of it (14 keypoints: the COCO joints by name, neck = the
+    # shoulders' midpoint, head top unlabelled), AIC at half COCO's share of each batch
+    python -m vitpose_fast.data.synthetic --out data/synth --images 400
+    python -m vitpose_fast.data.multi --src data/synth --dst data/synth_aic --as aic
+    python train/train.py --preset tiny_synthetic_multi --datasets coco=data/synth,aic=data/synth_aic \\
+        --ratios 1,0.5 --device cpu --epochs 10 --batch-size 16 --workers 1 --out runs/tiny_multi
+    # ... resumed exactly as above with --resume runs/tiny_multi/last.pth; split into per-dataset models with
+    # Model.from_pretrained("runs/tiny_multi/final.pth").split_datasets()
+
 Outputs in ``--out``: ``metrics.jsonl`` (one JSON object per logged step and per evaluation), ``last.pth``
 (training state, written atomically every ``--save-interval`` epochs and when ``--max-steps`` stops the run),
 ``best.pth`` (model weights of the best val AP, ``Model.from_pretrained``-loadable) and ``final.pth`` (weights
@@ -64,13 +90,17 @@ from train.presets import PRESETS, TrainPreset, get_preset  # noqa: E402
 from vitpose_fast.config import BACKENDS, with_overrides  # noqa: E402
 from vitpose_fast.data import transforms as T  # noqa: E402
 from vitpose_fast.data.coco import CocoKeypoints, collate, gpu_crop_batch, load_coco, upper_body_ids  # noqa: E402
+from vitpose_fast.data.multi import DatasetSource, MultiDataset, RatioSampler, collate_multi  # noqa: E402
+from vitpose_fast.datasets import VITPOSE_PLUS_DATASETS, DatasetInfo, get_dataset  # noqa: E402
 from vitpose_fast.model import Model  # noqa: E402
 from vitpose_fast.training import (  # noqa: E402
+    MultiHeadModel,
     ShardedSampler,
     build_scheduler,
     capture_rng_state,
     joints_mse_loss,
     load_checkpoint,
+    multi_dataset_loss,
     param_groups,
     restore_rng_state,
     save_checkpoint,
@@ -100,6 +130,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     d.add_argument("--workers", type=int, help="DataLoader workers per process")
     d.add_argument("--gpu-crop", action="store_true",
                    help="decode on the host, crop/normalise batched on the device")
+    m = p.add_argument_group("multi-dataset (ViTPose+)")
+    m.add_argument("--datasets", action="append", metavar="NAME=DIR[,...]",
+                   help="train on several sets: name=DIR (COCO layout) or "
+                        "name=TRAIN_ANN:TRAIN_IMAGES[:VAL_ANN:VAL_IMAGES], comma-separated or repeated")
+    m.add_argument("--ratios", help="expected share of each --datasets set per batch, e.g. 1,0.5 "
+                                    "(default: proportional to the set sizes)")
+    m.add_argument("--loss-weights", help="weight of each --datasets head in the summed loss (default 1 each)")
+    m.add_argument("--experts", type=int, help="ViTPose+ experts (default: the preset's; 1: no experts)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, help="total epochs (lr milestones are scaled with it)")
     o.add_argument("--batch-size", type=int, help="per-process batch size")
@@ -187,6 +225,71 @@ def data_paths(args: argparse.Namespace, need_train: bool = True) -> Dict[str, O
     return paths
 
 
+def dataset_sources(specs: List[str], need_train: bool = True) -> List[DatasetSource]:
+    """``--datasets`` values -> one :class:`DatasetSource` per ``name=...`` item (see the module doc)."""
+    form = "name=DIR or name=TRAIN_ANN:TRAIN_IMAGES[:VAL_ANN:VAL_IMAGES]"
+    sources = []
+    for item in (x.strip() for spec in specs for x in spec.split(",") if x.strip()):
+        name, sep, value = item.partition("=")
+        if not sep or not value:
+            raise ValueError(f"--datasets expects {form}, got {item!r}")
+        try:
+            info = get_dataset(name)
+        except KeyError as e:
+            raise ValueError(f"--datasets: {e.args[0]}") from None
+        det_file = None
+        if ":" in value:
+            parts = [Path(v) for v in value.split(":")]
+            if len(parts) not in (2, 4):
+                raise ValueError(f"--datasets {name}: expected {form}, got {len(parts)} ':'-separated paths")
+            train_ann, train_images = parts[:2]
+            val_ann, val_images = parts[2:] if len(parts) == 4 else (None, None)
+        else:
+            root = Path(value)
+            train_ann, train_images = root / "annotations/person_keypoints_train2017.json", root / "train2017"
+            val_ann, val_images = root / "annotations/person_keypoints_val2017.json", root / "val2017"
+            det_file = next((root / c for c in DET_FILE_CANDIDATES if (root / c).exists()), None)
+        for what, path in (("train annotations", train_ann), ("train images", train_images)) if need_train else ():
+            if not path.exists():
+                raise FileNotFoundError(f"--datasets {name}: {what} {str(path)!r} not found (expected {form})")
+        if val_ann is None or val_images is None or not (val_ann.exists() and val_images.exists()):
+            val_ann = val_images = None
+        sources.append(DatasetSource(info, train_ann, train_images, val_ann, val_images, det_file))
+    if not sources:
+        raise ValueError(f"--datasets is empty; expected {form}")
+    return sources
+
+
+def parse_per_dataset(text: Optional[str], n: int, what: str) -> Optional[List[float]]:
+    """``"1,0.5"`` -> [1.0, 0.5], checked to have one value per ``--datasets`` set."""
+    if text is None:
+        return None
+    values = [float(v) for v in text.split(",")]
+    if len(values) != n or any(v < 0 for v in values):
+        raise ValueError(f"{what} needs {n} non-negative values (one per --datasets set), got {text!r}")
+    return values
+
+
+def multi_dataset_preset(pre: TrainPreset, sources: List[DatasetSource], experts: Optional[int]) -> TrainPreset:
+    """The preset's model as a multi-dataset one: head 0 for COCO's 17 keypoints and one extra head per ViTPose+
+    index up to the largest used (unused indices keep an untrained head, so the layout stays ViTPose+'s),
+    ``experts`` experts (default the preset's) of the preset's part features, else C/4 (every released
+    ViTPose+ checkpoint's ratio)."""
+    top = max(s.index for s in sources)
+    b = pre.model.backbone
+    n = b.num_experts if experts is None else experts
+    if n < 1 or 1 < n <= top:
+        worst = max(sources, key=lambda s: s.index)
+        raise ValueError(f"--experts {n}: {worst.info.name} is ViTPose+ dataset {top} and needs an expert of that "
+                         f"index; use --experts {top + 1} or more (ViTPose+: 6), or 1 (a shared backbone)")
+    part = (b.part_features or b.embed_dim // 4) if n > 1 else 0
+    model = dataclasses.replace(
+        pre.model, backbone=dataclasses.replace(b, num_experts=n, part_features=part),
+        head=dataclasses.replace(pre.model.head, num_keypoints=VITPOSE_PLUS_DATASETS[0].num_keypoints),
+        extra_heads=tuple(d.num_keypoints for d in VITPOSE_PLUS_DATASETS[1:top + 1]))
+    return dataclasses.replace(pre, model=model)
+
+
 # ------------------------------------------------------------------------------------------------ distributed
 def init_distributed(device_arg: Optional[str]) -> Tuple[int, int, torch.device]:
     """(rank, world size, device); initialises the process group under torchrun (gloo on CPU, nccl on CUDA)."""
@@ -212,7 +315,10 @@ def all_gather(obj: Any, world: int) -> List[Any]:
 
 
 def unwrap(model: nn.Module) -> Model:
-    return model.module if hasattr(model, "module") else model
+    """The plain Model inside DDP / FSDP / :class:`MultiHeadModel` wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -253,9 +359,13 @@ def load_init(model: Model, path: Path, log) -> None:
         f"{'; skipped (shape): ' + ', '.join(skipped) if skipped else ''}")
 
 
-def wrap_model(model: Model, args: argparse.Namespace, world: int, device: torch.device) -> nn.Module:
+def wrap_model(model: nn.Module, args: argparse.Namespace, world: int, device: torch.device) -> nn.Module:
     if world == 1:
         return model
+    if isinstance(model, MultiHeadModel):
+        # A rank's batch may lack a dataset: its head and expert then take no part in that rank's graph.
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                   find_unused_parameters=True)
     if args.fsdp:
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
@@ -311,15 +421,20 @@ def eval_boxes(coco, image_ids: List[int], det_file: Optional[Path], use_gt: boo
 
 @torch.no_grad()
 def evaluate(model: Model, pre: TrainPreset, paths: Dict[str, Optional[Path]], rank: int, world: int,
-             max_images: Optional[int] = None, out_dir: Optional[Path] = None) -> Dict[str, float]:
+             max_images: Optional[int] = None, out_dir: Optional[Path] = None, info: Optional[DatasetInfo] = None,
+             dataset_index: Optional[int] = None) -> Dict[str, float]:
     """Top-down COCO evaluation: the official test pipeline (``vitpose_fast.pipeline.predict``: UDP crop,
-    flip test, UDP decoding) on this rank's share of the val images, results gathered on rank 0, rescoring,
-    OKS-NMS and COCOeval (``vitpose_fast.evaluation``). Returns the COCOeval stats (AP, AP50, ...) on every rank;
-    rank 0 writes the kept COCO-format results to ``out_dir/val_keypoints.json``."""
-    from vitpose_fast.datasets import get_dataset
+    flip test, UDP decoding; the standard crop and ``default`` decoding for MSRA-trained sets) on this rank's
+    share of the val images, results gathered on rank 0, rescoring, OKS-NMS and COCOeval with the set's sigmas
+    (``vitpose_fast.evaluation``). ``info`` is the set's metadata (default the preset's dataset) and
+    ``dataset_index`` the expert/head to predict with. Returns the COCOeval stats (AP, AP50, ...) on every rank;
+    rank 0 writes the kept COCO-format results to ``out_dir/val_keypoints.json`` (``val_keypoints_NAME.json``
+    with a ``dataset_index``)."""
     from vitpose_fast.evaluation import evaluate_coco, rescore_and_nms
     from vitpose_fast.pipeline import predict
 
+    info = get_dataset(pre.data.dataset) if info is None else info
+    udp = pre.data.udp if dataset_index is None else info.encoding == "udp"
     coco = load_coco(paths["val_ann"])
     image_ids = sorted(coco.getImgIds())[:max_images] if max_images else sorted(coco.getImgIds())
     boxes = eval_boxes(coco, image_ids, paths["det_file"], pre.data.use_gt_bbox, pre.data.det_bbox_thr)
@@ -333,7 +448,8 @@ def evaluate(model: Model, pre: TrainPreset, paths: Dict[str, Optional[Path]], r
             continue
         files = [str(paths["val_images"] / coco.loadImgs(i)[0]["file_name"]) for i in ids]
         results = predict(model, files, [boxes[i] for i in ids], box_format="xywh", flip_test=pre.data.flip_test,
-                          batch_size=pre.val_batch_size, dataset=pre.data.dataset)
+                          decode="udp" if udp else "default", batch_size=pre.val_batch_size,
+                          dataset_index=dataset_index, dataset=info)
         for img_id, people in zip(ids, results):
             for person, box in zip(people, boxes[img_id]):
                 # NMS area = prod(scale * 200) of the person's box (official), scale from _xywh2cs.
@@ -345,14 +461,14 @@ def evaluate(model: Model, pre: TrainPreset, paths: Dict[str, Optional[Path]], r
     if rank == 0:
         everyone = sorted((p for part in gathered for p in part), key=lambda p: p[0])
         if everyone:
-            info = get_dataset(pre.data.dataset)
             results = rescore_and_nms([p[0] for p in everyone], np.stack([p[1] for p in everyone]),
                                       np.array([p[2] for p in everyone]), np.array([p[3] for p in everyone]),
                                       sigmas=info.sigmas)
             gt = coco if not max_images else _subset(coco, image_ids)
             stats = evaluate_coco(results, gt, sigmas=info.sigmas)
             if out_dir is not None:
-                (out_dir / "val_keypoints.json").write_text(json.dumps(results))
+                name = "val_keypoints.json" if dataset_index is None else f"val_keypoints_{info.name}.json"
+                (out_dir / name).write_text(json.dumps(results))
         else:
             stats = {"AP": 0.0}
     return all_gather(stats, world)[0]
@@ -372,11 +488,42 @@ def _subset(coco, image_ids: List[int]):
     return sub
 
 
+def evaluate_sets(model: Model, pre: TrainPreset, sources: List[DatasetSource], rank: int, world: int,
+                  args: argparse.Namespace, log) -> Dict[str, float]:
+    """:func:`evaluate` on every multi-dataset set with validation files, each with its own head, expert, flip
+    pairs, decoding and OKS sigmas. Returns ``{"NAME/AP": ..., ...}`` plus ``AP``, the mean AP over the sets."""
+    stats: Dict[str, float] = {}
+    aps = []
+    for src in sources:
+        if src.val_ann is None:
+            continue
+        if src.info.sigmas is None:
+            log(f"{src.info.name}: no OKS sigmas in its metadata, skipping COCOeval")
+            continue
+        paths = {"val_ann": src.val_ann, "val_images": src.val_images, "det_file": src.det_file}
+        one = evaluate(model, pre, paths, rank, world, args.max_val_images, args.out, info=src.info,
+                       dataset_index=src.index)
+        stats.update({f"{src.info.name}/{k}": v for k, v in one.items()})
+        aps.append(one.get("AP", 0.0))
+    if aps:
+        stats["AP"] = float(np.mean(aps))
+    return stats
+
+
+def _eval_note(src: DatasetSource, use_gt_bbox: bool) -> str:
+    if src.val_ann is None:
+        return "not evaluated (no val files)"
+    return f"evaluated on {'ground-truth boxes' if use_gt_bbox or src.det_file is None else src.det_file}"
+
+
 def run_evaluation(ddp_model: nn.Module, model: Model, pre: TrainPreset, paths: Dict[str, Optional[Path]],
-                   rank: int, world: int, args: argparse.Namespace) -> Dict[str, float]:
-    """Evaluate the current weights. DDP: every rank scores its share of the images. FSDP: the full weights are
-    gathered into a fresh model on rank 0, which scores all images (the sharded forward would need every rank
-    in every call)."""
+                   rank: int, world: int, args: argparse.Namespace,
+                   sources: Optional[List[DatasetSource]] = None, log=print) -> Dict[str, float]:
+    """Evaluate the current weights (every ``sources`` set when given). DDP: every rank scores its share of the
+    images. FSDP: the full weights are gathered into a fresh model on rank 0, which scores all images (the
+    sharded forward would need every rank in every call)."""
+    if sources is not None:
+        return evaluate_sets(unwrap(ddp_model), pre, sources, rank, world, args, log)
     if not (args.fsdp and world > 1):
         return evaluate(unwrap(ddp_model), pre, paths, rank, world, args.max_val_images, args.out)
     full = model_state(ddp_model, args)
@@ -413,33 +560,67 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             print(msg, flush=True)
 
     pre = resolve_preset(args)
-    paths = data_paths(args, need_train=not args.eval_only)
+    sources: Optional[List[DatasetSource]] = None  # multi-dataset run
+    loss_weights: Optional[Dict[int, float]] = None
+    if args.datasets:
+        if args.data_root or args.train_ann or args.val_ann:
+            raise ValueError("--datasets names every set's files; drop --data-root/--train-ann/--val-ann")
+        if args.fsdp or args.sync_bn:
+            # A rank whose batch lacks a dataset skips that head: FSDP/SyncBN collectives would not match up.
+            raise ValueError("--fsdp and --sync-bn are not supported with --datasets")
+        sources = dataset_sources(args.datasets, need_train=not args.eval_only)
+        pre = multi_dataset_preset(pre, sources, args.experts)
+        weights = parse_per_dataset(args.loss_weights, len(sources), "--loss-weights")
+        loss_weights = {s.index: w for s, w in zip(sources, weights)} if weights else None
+        paths: Dict[str, Optional[Path]] = {}
+        has_val = any(s.val_ann is not None for s in sources)
+    else:
+        for flag in ("ratios", "loss_weights", "experts"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')} needs --datasets (multi-dataset training)")
+        paths = data_paths(args, need_train=not args.eval_only)
+        has_val = paths["val_ann"] is not None
     seed_everything(args.seed + rank, args.deterministic)  # drop-path masks differ per rank, as per-GPU seeds do
     args.out.mkdir(parents=True, exist_ok=True)
     metrics = MetricsLog(args.out / "metrics.jsonl", is_main)
 
     model = build_model(pre, args, log).to(device)
     if args.eval_only:
-        if paths["val_ann"] is None:
-            raise FileNotFoundError("--eval-only needs the val annotations and images (--data-root or --val-ann)")
-        stats = evaluate(model, pre, paths, rank, world, args.max_val_images, args.out)
+        if not has_val:
+            raise FileNotFoundError("--eval-only needs the val annotations and images (--data-root or --val-ann, "
+                                    "or val files in --datasets)")
+        if sources is not None:
+            stats = evaluate_sets(model, pre, sources, rank, world, args, log)
+        else:
+            stats = evaluate(model, pre, paths, rank, world, args.max_val_images, args.out)
         log(json.dumps({"eval": stats}))
         return {"last_eval": stats}
 
-    from vitpose_fast.datasets import get_dataset
-
-    info = get_dataset(pre.data.dataset)
     in_h, in_w = pre.model.backbone.img_size
     hm_h, hm_w = pre.model.heatmap_size
-    train_set = CocoKeypoints(
-        paths["train_ann"], paths["train_images"], (in_w, in_h), (hm_w, hm_h), info.flip_pairs,
-        upper_body_ids(info.keypoint_names),
-        train=True, udp=pre.data.udp, sigma=pre.data.sigma, augment=pre.data.augment, seed=args.seed,
-        host_crop=not args.gpu_crop, num_joints=pre.model.head.num_keypoints,
-    )
-    sampler = ShardedSampler(len(train_set), pre.batch_size, rank, world, seed=args.seed, shuffle=True, drop_last=True)
+    if sources is not None:
+        train_set = MultiDataset(sources, (in_w, in_h), (hm_w, hm_h), train=True, sigma=pre.data.sigma,
+                                 augment=pre.data.augment, seed=args.seed, host_crop=not args.gpu_crop)
+        ratios = parse_per_dataset(args.ratios, len(sources), "--ratios")
+        sampler = RatioSampler(train_set.sizes, pre.batch_size, ratios, rank, world, seed=args.seed)
+        collate_fn = collate_multi
+        for src, size, share in zip(sources, train_set.sizes, sampler.probs):
+            log(f"dataset {src.index} {src.info.name}: {size} train instances, {src.info.num_keypoints} keypoints, "
+                f"{src.info.encoding} targets, {share:.3f} of each batch, "
+                f"{_eval_note(src, pre.data.use_gt_bbox)}")
+    else:
+        info = get_dataset(pre.data.dataset)
+        train_set = CocoKeypoints(
+            paths["train_ann"], paths["train_images"], (in_w, in_h), (hm_w, hm_h), info.flip_pairs,
+            upper_body_ids(info.keypoint_names),
+            train=True, udp=pre.data.udp, sigma=pre.data.sigma, augment=pre.data.augment, seed=args.seed,
+            host_crop=not args.gpu_crop, num_joints=pre.model.head.num_keypoints,
+        )
+        sampler = ShardedSampler(len(train_set), pre.batch_size, rank, world, seed=args.seed, shuffle=True,
+                                 drop_last=True)
+        collate_fn = collate
     loader = torch.utils.data.DataLoader(
-        train_set, batch_size=pre.batch_size, sampler=sampler, num_workers=pre.workers, collate_fn=collate,
+        train_set, batch_size=pre.batch_size, sampler=sampler, num_workers=pre.workers, collate_fn=collate_fn,
         pin_memory=device.type == "cuda", persistent_workers=pre.workers > 0, drop_last=True,
         # Its own generator: creating an iterator draws a worker base seed, which must not move the global
         # torch RNG (drop path), or a resumed run would diverge from an uninterrupted one.
@@ -447,7 +628,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     )
     iters_per_epoch = sampler.num_batches
 
-    ddp_model = wrap_model(model, args, world, device)
+    ddp_model = wrap_model(MultiHeadModel(model) if sources is not None else model, args, world, device)
     # Groups from the wrapped module's parameters (FSDP's use_orig_params views); names are the official ones.
     groups = param_groups(unwrap(ddp_model), pre.optim.lr, pre.optim.weight_decay, pre.model.layer_decay,
                           pre.model.backbone.depth)
@@ -460,6 +641,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     start_epoch, step, start_batch, best_ap = 0, 0, 0, -1.0
     if args.resume is not None:
         state = load_checkpoint(args.resume)
+        if state.get("datasets") != ([s.info.name for s in sources] if sources is not None else None):
+            raise ValueError(f"{args.resume} was trained on datasets {state.get('datasets')}, this run has "
+                             f"{[s.info.name for s in sources] if sources is not None else None}")
         if args.fsdp and world > 1:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
@@ -497,13 +681,18 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     seen, t0 = 0, time.perf_counter()
     ips = 0.0
 
+    multi_extra = {} if sources is None else {"datasets": [s.info.name for s in sources],
+                                              "ratios": sampler.probs.tolist()}
+    num_datasets = pre.model.num_datasets
+
     def checkpoint(epoch: int, batch_in_epoch: int) -> None:
         rngs = all_gather(capture_rng_state(), world)
         mstate, ostate = model_state(ddp_model, args), optim_state(ddp_model, optimizer, args)
         if is_main:
             state = training_state(unwrap(ddp_model), optimizer, scheduler, scaler, epoch=epoch, step=step,
                                    batch_in_epoch=batch_in_epoch, rng_states=rngs,
-                                   extra={"best_ap": best_ap, "preset": pre.name, "args": _jsonable(vars(args))})
+                                   extra={"best_ap": best_ap, "preset": pre.name, "args": _jsonable(vars(args)),
+                                          **multi_extra})
             state["model"], state["optimizer"] = mstate, ostate
             save_checkpoint(args.out / "last.pth", state)
 
@@ -528,12 +717,25 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 images = gpu_crop_batch(batch, (in_w, in_h), device)
             else:
                 images = batch["image"].to(device, non_blocking=True)
-            target = batch["target"].to(device, non_blocking=True)
-            weight = batch["target_weight"].to(device, non_blocking=True)
             ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-            with ctx:
-                heatmaps = ddp_model(images)
-            loss = joints_mse_loss(heatmaps, target, weight)
+            head_losses: Dict[int, torch.Tensor] = {}
+            if sources is None:
+                target = batch["target"].to(device, non_blocking=True)
+                weight = batch["target_weight"].to(device, non_blocking=True)
+                with ctx:
+                    heatmaps = ddp_model(images)
+                loss = joints_mse_loss(heatmaps, target, weight)
+            else:
+                index = batch["dataset_index"].to(device, non_blocking=True)
+                targets = {d: {k: v.to(device, non_blocking=True) for k, v in g.items()}
+                           for d, g in batch["targets"].items()}
+                with ctx:
+                    outs = ddp_model(images, index, {d: g["index"] for d, g in targets.items()})
+                counts = None
+                if world > 1:  # per-head means over the GLOBAL batch (see multi_dataset_loss)
+                    counts = torch.bincount(index, minlength=num_datasets)
+                    dist.all_reduce(counts)
+                loss, head_losses = multi_dataset_loss(outs, targets, counts, world, loss_weights)
             optimizer.zero_grad(set_to_none=True)
             (scaler.scale(loss) if scaler is not None else loss).backward()
             grad_norm = None
@@ -558,19 +760,21 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                     bar.update(1)
                     bar.set_postfix(epoch=epoch, loss=f"{loss_value:.3e}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
                 if step % args.log_interval == 0 or step == stop_at:
-                    metrics.write(step=step, epoch=epoch, loss=loss_value, lr=lr, images_per_s=ips,
+                    # Per-head losses: this process's mean over its samples of each dataset in this batch.
+                    per_head = {f"loss/{VITPOSE_PLUS_DATASETS[d].name}": v.item() for d, v in head_losses.items()}
+                    metrics.write(step=step, epoch=epoch, loss=loss_value, **per_head, lr=lr, images_per_s=ips,
                                   grad_norm=grad_norm, time=time.time())
             if step >= stop_at:
                 break
         epoch_done = batch_in_epoch >= iters_per_epoch
         if epoch_done:
             n = epoch + 1
-            if pre.eval_interval and paths["val_ann"] is not None and (n % pre.eval_interval == 0
-                                                                       or n == schedule.epochs):
-                last_eval = run_evaluation(ddp_model, model, pre, paths, rank, world, args)
+            if pre.eval_interval and has_val and (n % pre.eval_interval == 0 or n == schedule.epochs):
+                last_eval = run_evaluation(ddp_model, model, pre, paths, rank, world, args, sources, log)
                 ap = last_eval.get("AP", -1.0)
                 metrics.write(step=step, epoch=n, **{f"val/{k}": v for k, v in last_eval.items()})
-                log(f"epoch {n}: val AP {ap:.4f}")
+                per_set = "".join(f", {k[:-3]} {v:.4f}" for k, v in last_eval.items() if k.endswith("/AP"))
+                log(f"epoch {n}: val AP {ap:.4f}{per_set}")
                 if ap > best_ap:
                     best_ap = ap
                     save_weights("best.pth")
@@ -595,4 +799,7 @@ def _jsonable(d: Dict[str, Any]) -> Dict[str, Any]:
 if __name__ == "__main__":
     main()
     if dist.is_initialized():
+        # Every rank reaches here before any tears gloo down (a rank exiting while another is still in its last
+        # collective can abort the process at exit).
+        dist.barrier()
         dist.destroy_process_group()

@@ -10,6 +10,16 @@ official state dict loads without renaming. Quirks kept on purpose (each pinned 
 Where we knowingly differ: attention specs other than global (window / shift / pool / relative position) are
 ours (the official repository never released them); ViTPose+ experts run only on their own samples instead of
 every expert on every token.
+
+Knowledge tokens (paper section 3.4, Table 8; no official code): ``BackboneConfig.num_knowledge_tokens`` = T > 0
+adds ``knowledge_token`` [1, T, C] (trunc_normal(0.02) at init). After the position embedding the T tokens
+(without position embedding) are appended to the N patch tokens; every block processes N + T tokens; they are
+dropped before ``last_norm`` (a per-token op), so the heads see only the grid. In attention (see
+:class:`Attention`) the N grid queries attend over their window's keys (plus the pooled keys for ``pool``) plus
+the T tokens' keys/values as extra global keys (no mask, no rel-pos term), and the T tokens' queries attend
+globally over all N + T keys. With global attention this is plain attention over N + T tokens. T = 0 leaves
+the model, its outputs and its state dict exactly as without the feature. The token is saved by our own format
+(``Model.save``: the config records T); the official and Hugging Face layouts have no such tensor.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import torch.utils.checkpoint
 
 from . import ops
 from .config import AttentionSpec, BackboneConfig
+from .reference.attention import extra_query_attention
 
 DatasetIndex = Union[None, int, torch.Tensor]
 
@@ -59,6 +70,11 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention over the Hp x Wp grid (spec: global / window / shift / pool / rel-pos) plus
+    optional extra tokens after the N grid tokens (x [B, N + T, C], T = x.shape[1] - Hp * Wp): the grid queries
+    attend to their window plus the extra tokens' keys/values (``ops.attention`` with ``extra_k``/``extra_v``),
+    the extra queries to all N + T tokens (one small SDPA call)."""
+
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool, spec: AttentionSpec, grid: Tuple[int, int]):
         super().__init__()
         self.num_heads = num_heads
@@ -77,11 +93,21 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int], backend: str) -> torch.Tensor:
         b, n, c = x.shape
+        n_grid = grid[0] * grid[1]
+        if n < n_grid:
+            raise ValueError(f"attention got {n} tokens for a {grid[0]}x{grid[1]} grid (expected >= {n_grid})")
         # [B, N, 3, heads, hd]: q, k, v are strided views in the kernels' [B, N, heads, hd] layout (no copies).
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.unbind(2)
-        out = ops.attention(q, k, v, self.spec, grid, self.rel_pos_h, self.rel_pos_w, backend=backend)
-        return self.proj(out.reshape(b, n, c))
+        if n == n_grid:
+            q, k, v = qkv.unbind(2)
+            out = ops.attention(q, k, v, self.spec, grid, self.rel_pos_h, self.rel_pos_w, backend=backend)
+            return self.proj(out.reshape(b, n, c))
+        q, k, v = qkv[:, :n_grid].unbind(2)
+        extra_q, extra_k, extra_v = qkv[:, n_grid:].unbind(2)
+        out = ops.attention(q, k, v, self.spec, grid, self.rel_pos_h, self.rel_pos_w, backend=backend,
+                            extra_k=extra_k, extra_v=extra_v)
+        extra_out = extra_query_attention(extra_q, qkv[:, :, 1], qkv[:, :, 2])
+        return self.proj(torch.cat([out, extra_out], dim=1).reshape(b, n, c))
 
 
 class Mlp(nn.Module):
@@ -169,6 +195,10 @@ class Backbone(nn.Module):
         self.patch_embed = PatchEmbed(cfg)
         hp, wp = cfg.grid
         self.pos_embed = nn.Parameter(torch.zeros(1, hp * wp + 1, cfg.embed_dim))
+        if cfg.num_knowledge_tokens:
+            self.knowledge_token = nn.Parameter(torch.zeros(1, cfg.num_knowledge_tokens, cfg.embed_dim))
+        else:
+            self.register_parameter("knowledge_token", None)
         # linspace(0, rate, depth): block 0 gets 0, the last block the full rate (computed on the host so that
         # building under a meta-device context works).
         dpr = [cfg.drop_path_rate * i / (cfg.depth - 1) if cfg.depth > 1 else 0.0 for i in range(cfg.depth)]
@@ -191,6 +221,8 @@ class Backbone(nn.Module):
             elif isinstance(m, Attention) and m.rel_pos_h is not None:
                 nn.init.trunc_normal_(m.rel_pos_h, std=0.02)
                 nn.init.trunc_normal_(m.rel_pos_w, std=0.02)
+        if self.knowledge_token is not None:  # last: models without tokens draw the same random numbers
+            nn.init.trunc_normal_(self.knowledge_token, std=0.02)
 
     def forward_tokens(
         self, x: torch.Tensor, dataset_index: DatasetIndex = None, backend: str = "torch"
@@ -198,12 +230,15 @@ class Backbone(nn.Module):
         x, grid = self.patch_embed(x)
         # The cls slot's embedding is added to every patch token (official; a no-op for MAE sin-cos tables).
         x = x + self.pos_embed[:, 1:] + self.pos_embed[:, :1]
+        n_grid = x.shape[1]
+        if self.knowledge_token is not None:
+            x = torch.cat([x, self.knowledge_token.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
         for blk in self.blocks:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(blk, x, grid, dataset_index, backend, use_reentrant=False)
             else:
                 x = blk(x, grid, dataset_index, backend)
-        return self.last_norm(x), grid
+        return self.last_norm(x[:, :n_grid]), grid
 
     def forward(self, x: torch.Tensor, dataset_index: DatasetIndex = None, backend: str = "torch") -> torch.Tensor:
         tokens, (hp, wp) = self.forward_tokens(x, dataset_index, backend)

@@ -69,9 +69,13 @@ class BackboneConfig:
     part_features: int = 0  # ViTPose+: output features of each expert
     # One spec for every block, or one per block.
     attention: Union[AttentionSpec, Tuple[AttentionSpec, ...]] = GLOBAL
+    # Knowledge tokens (paper section 3.4, Table 8): learned tokens appended to the patch tokens (0: none).
+    num_knowledge_tokens: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "img_size", (int(self.img_size[0]), int(self.img_size[1])))
+        if self.num_knowledge_tokens < 0:
+            raise ValueError(f"num_knowledge_tokens must be >= 0, got {self.num_knowledge_tokens}")
         if self.patch_stride not in (16, 8):
             raise ValueError(f"patch_stride must be 16 or 8 (the official ratio 1 or 2), got {self.patch_stride}")
         if self.embed_dim % self.num_heads:

@@ -1,5 +1,6 @@
-"""Training building blocks shared by the training scripts: the official loss, layer-wise lr decay parameter
-groups, the step/warmup schedule, a resumable sharded sampler, RNG capture and atomic training checkpoints.
+"""Training building blocks shared by the training scripts: the official loss, the multi-dataset (ViTPose+) forward
+and per-head loss, layer-wise lr decay parameter groups, the step/warmup schedule, a resumable sharded sampler,
+RNG capture and atomic training checkpoints.
 
 Official sources: ``mmpose/models/losses/mse_loss.py`` (``JointsMSELoss``),
 ``mmcv_custom/layer_decay_optimizer_constructor.py`` (``LayerDecayOptimizerConstructor``) and mmcv's
@@ -22,6 +23,8 @@ from torch.utils.data import Sampler
 
 __all__ = [
     "joints_mse_loss",
+    "MultiHeadModel",
+    "multi_dataset_loss",
     "layer_id_for_vit",
     "param_groups",
     "build_optimizer",
@@ -50,6 +53,71 @@ def joints_mse_loss(pred: torch.Tensor, target: torch.Tensor, target_weight: Opt
     if target_weight is not None:
         diff = diff * target_weight.to(dtype).reshape(pred.shape[0], pred.shape[1], 1, 1)
     return diff.pow(2).mean() * loss_weight
+
+
+class MultiHeadModel(nn.Module):
+    """A multi-dataset model (one head per dataset, optionally ViTPose+ experts) on a mixed batch, as one module
+    (what DDP wraps: its ``forward`` must produce every output that the loss uses).
+
+    ``forward(pixel_values [B, 3, H, W], dataset_index int64 [B], groups {d: int64 [n_d] batch positions})
+    -> {d: heatmaps [n_d, K_d, h, w]}``: the backbone runs once, each sample's FFN through its dataset's expert
+    (each expert only on its own samples), then head ``d`` runs on the features of dataset ``d``'s samples only,
+    so a head's BatchNorm statistics and gradients come from its own dataset alone. ``module`` is the wrapped
+    :class:`~vitpose_fast.model.Model` (state-dict keys gain a ``module.`` prefix: save ``.module``'s).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.module = model
+
+    def forward(self, pixel_values: torch.Tensor, dataset_index: torch.Tensor,
+                groups: Dict[int, torch.Tensor]) -> Dict[int, torch.Tensor]:
+        feats = self.module.forward_features(pixel_values, dataset_index)
+        backend = self.module.resolved_backend(pixel_values.device)
+        out = {}
+        for d, positions in groups.items():
+            # Groups partition the batch: a group as large as the batch is all of it (no gather).
+            x = feats if len(positions) == feats.shape[0] else feats.index_select(0, positions.to(feats.device))
+            out[d] = self.module.head_for(d).forward(x, backend)
+        return out
+
+
+def multi_dataset_loss(heatmaps: Dict[int, torch.Tensor], targets: Dict[int, Dict[str, torch.Tensor]],
+                       global_counts: Optional[torch.Tensor] = None, world_size: int = 1,
+                       loss_weights: Optional[Dict[int, float]] = None
+                       ) -> Tuple[torch.Tensor, Dict[int, torch.Tensor]]:
+    """Per-head normalised multi-dataset loss: (total to backpropagate, {d: head d's loss}).
+
+    Head ``d``'s loss is :func:`joints_mse_loss` (the official ``JointsMSELoss`` with target weights) of its
+    predictions ``heatmaps[d]`` [n_d, K_d, h, w] against ``targets[d]["target"]`` [n_d, K_d, h, w] /
+    ``["target_weight"]`` [n_d, K_d, 1], i.e. a mean over that head's samples only; the total is
+    ``sum_d loss_weights[d] * loss_d`` (weights default 1).
+
+    Why per head: the official ViTPose+ code runs every head on the whole batch with the other datasets'
+    targets and weights masked to zero and averages over the FULL batch, so each head's loss is scaled by its
+    dataset's share of that batch (and varies with the batch composition). Here each dataset's loss is exactly
+    the official single-dataset loss on its own samples, independent of the batch composition; the sampler's
+    ratios set how often each dataset is seen, ``loss_weights`` how much each head counts.
+
+    Data parallel: DDP averages gradients over ranks, so with ``global_counts`` (int [D] indexed by dataset: the
+    samples of each dataset in the GLOBAL batch, an all-reduce of the per-rank counts) each rank's head loss is
+    scaled by ``world_size * n_d / N_d``; the averaged gradient is then the one of the mean over all ranks'
+    samples of dataset d (a rank without samples of d contributes zero), exactly as one process with the global
+    batch. The returned per-head losses are the local, unscaled means (for logging).
+    """
+    total: Optional[torch.Tensor] = None
+    parts: Dict[int, torch.Tensor] = {}
+    for d, pred in heatmaps.items():
+        t = targets[d]
+        loss = joints_mse_loss(pred, t["target"].to(pred.device), t["target_weight"].to(pred.device))
+        parts[d] = loss
+        if global_counts is not None:
+            loss = loss * (world_size * pred.shape[0] / global_counts[d].clamp(min=1).to(loss.dtype))
+        weighted = loss * (loss_weights or {}).get(d, 1.0)
+        total = weighted if total is None else total + weighted
+    if total is None:
+        raise ValueError("multi_dataset_loss got no heatmaps (an empty batch)")
+    return total, parts
 
 
 # ------------------------------------------------------------------------------------------- layer-wise decay

@@ -9,9 +9,11 @@ jitter is fixed for the whole run). The jitter draws from ``np.random.default_rn
 numpy state, so every rank builds the same db.
 
 ``__getitem__`` runs the official train pipeline (flip, half body, scale/rotation, UDP affine, normalise, UDP
-Gaussian targets with sigma 2; MSRA targets for non-UDP sets). Keys are an index or an ``(index, epoch)`` pair
-(what :class:`~vitpose_fast.training.ShardedSampler` yields): the augmentation of a sample is seeded by
-(seed, epoch, index), which makes it independent of worker count, rank count and resumption.
+Gaussian targets with sigma 2; MSRA targets for non-UDP sets). Keys are an index, an ``(index, epoch)`` pair
+(what :class:`~vitpose_fast.training.ShardedSampler` yields) or an ``(index, epoch, repeat)`` triple (what the
+multi-dataset :class:`~vitpose_fast.data.multi.RatioSampler` yields when it draws a record again within an
+epoch): the augmentation of a sample is seeded by (seed, epoch, index[, repeat if > 0]), which makes it
+independent of worker count, rank count and resumption.
 
 With ``host_crop=False`` the sample carries the decoded image and the full crop matrix instead of the crop, and
 the crop runs batched on the accelerator (:func:`gpu_crop_batch`); the flip is then composed into the matrix.
@@ -34,7 +36,7 @@ from torch.utils.data import Dataset
 from . import transforms as T
 from .targets import msra_gaussian_target, udp_gaussian_target
 
-Key = Union[int, Tuple[int, int]]
+Key = Union[int, Tuple[int, int], Tuple[int, int, int]]
 
 
 @dataclass
@@ -137,9 +139,10 @@ class CocoKeypoints(Dataset):
         return len(self.records)
 
     def __getitem__(self, key: Key) -> Dict[str, torch.Tensor]:
-        index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
+        index, epoch, repeat = (key, 0, 0) if isinstance(key, (int, np.integer)) else (*key, 0)[:3]
         rec = self.records[int(index)]
-        rng = np.random.default_rng([self.seed, int(epoch), int(index)])
+        # repeat 0 keeps the (seed, epoch, index) stream of the single-dataset sampler's keys.
+        rng = np.random.default_rng([self.seed, int(epoch), int(index)] + ([int(repeat)] if repeat else []))
         img = read_rgb(rec.image_file)
         joints, visible, center, scale, rot = rec.joints, rec.visible, rec.center.copy(), rec.scale.copy(), 0.0
         flipped = False

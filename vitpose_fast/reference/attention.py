@@ -26,6 +26,11 @@ Semantics of an :class:`AttentionSpec` (every implementation, the Triton kernel 
   coordinates are those of the (rolled, for shift) partition. For global attention the "window" is the whole
   grid: tables [2*Hp-1, head_dim] and [2*Wp-1, head_dim]. Pooled keys get no relative-position term.
   (Models zero-initialise the tables; ViTDet uses trunc_normal(std=0.02) when training from scratch.)
+- ``extra_k``, ``extra_v`` ([B, T, heads, head_dim], optional): T extra global key/value tokens (the knowledge
+  tokens of :class:`vitpose_fast.backbone.Backbone`) appended to every window's keys and values, after the
+  pooled ones: no region or padding mask, no relative-position term. For ``global`` attention this is plain
+  attention of the N grid queries over the N + T tokens. Only the N grid tokens are queries here; the extra
+  tokens' own queries attend to all N + T tokens (:func:`extra_query_attention`).
 """
 
 from __future__ import annotations
@@ -103,6 +108,23 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: Attent
     return g
 
 
+def check_extra(q: torch.Tensor, extra_k: Optional[torch.Tensor], extra_v: Optional[torch.Tensor]) -> int:
+    """The number T of extra key/value tokens (0 when both are None); raises on a malformed pair."""
+    if extra_k is None and extra_v is None:
+        return 0
+    if extra_k is None or extra_v is None:
+        raise ValueError("extra_k and extra_v must be given together (or neither)")
+    b, _, h, d = q.shape
+    if extra_k.dim() != 4 or extra_k.shape != extra_v.shape or (extra_k.shape[0], *extra_k.shape[2:]) != (b, h, d):
+        raise ValueError(
+            f"extra_k / extra_v must both be [B, T, heads, head_dim] = [{b}, T, {h}, {d}]; got "
+            f"{tuple(extra_k.shape)} / {tuple(extra_v.shape)}"
+        )
+    if extra_k.dtype != q.dtype or extra_v.dtype != q.dtype:
+        raise ValueError(f"extra_k / extra_v must have q's dtype {q.dtype}; got {extra_k.dtype} / {extra_v.dtype}")
+    return extra_k.shape[1]
+
+
 def _region(r: torch.Tensor, size: int, window: int, shift: int) -> torch.Tensor:
     # Swin's three slices (0, -window), (-window, -shift), (-shift, None) of the rolled axis; one region unshifted.
     if shift == 0:
@@ -132,14 +154,18 @@ def attention_ref(
     grid: Tuple[int, int],
     rel_pos_h: Optional[torch.Tensor] = None,
     rel_pos_w: Optional[torch.Tensor] = None,
+    extra_k: Optional[torch.Tensor] = None,
+    extra_v: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """The oracle: dense [N, N (+P)] logits in fp32 (fp64 for fp64 inputs) with an explicit mask and softmax,
-    cast back to q's dtype.
+    """The oracle: dense [N, N (+P) (+T)] logits in fp32 (fp64 for fp64 inputs) with an explicit mask and
+    softmax, cast back to q's dtype.
 
     Token i may attend token j iff they share window and region (see the module docstring); pooled keys are
-    the dense pooling matrix applied to k and v. Memory O(B * heads * N^2): tiny shapes only.
+    the dense pooling matrix applied to k and v; extra keys are visible to every query. Memory
+    O(B * heads * N^2): tiny shapes only.
     """
     g = check_inputs(q, k, v, spec, grid, rel_pos_h, rel_pos_w)
+    has_extra = check_extra(q, extra_k, extra_v) > 0
     dtype, d = q.dtype, q.shape[-1]
     acc = torch.promote_types(dtype, torch.float32)
     q, k, v = (t.to(acc).transpose(1, 2) for t in (q, k, v))  # [B, h, N, d]
@@ -161,6 +187,10 @@ def attention_ref(
         kp, vp = pool @ k, pool @ v
         logits = torch.cat([logits, (q * d**-0.5) @ kp.transpose(-2, -1)], dim=-1)
         v = torch.cat([v, vp], dim=2)
+    if has_extra:
+        ek, ev = (t.to(acc).transpose(1, 2) for t in (extra_k, extra_v))  # [B, h, T, d]
+        logits = torch.cat([logits, (q * d**-0.5) @ ek.transpose(-2, -1)], dim=-1)
+        v = torch.cat([v, ev], dim=2)
     out = logits.softmax(dim=-1) @ v
     return out.transpose(1, 2).to(dtype)
 
@@ -221,16 +251,21 @@ def attention_torch(
     grid: Tuple[int, int],
     rel_pos_h: Optional[torch.Tensor] = None,
     rel_pos_w: Optional[torch.Tensor] = None,
+    extra_k: Optional[torch.Tensor] = None,
+    extra_v: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The same attention as :func:`attention_ref` through ``F.scaled_dot_product_attention``.
 
     Windows: pad + roll + partition to [B * windows, heads, T, d], one SDPA call whose float mask carries the
-    padding/region mask and the rel-pos bias (ViTDet's literal einsums), pooled keys concatenated, reverse.
-    Without padding, shift or rel_pos no mask is passed (SDPA's fused kernels).
+    padding/region mask and the rel-pos bias (ViTDet's literal einsums), pooled and extra keys concatenated to
+    every window, reverse. Without padding, shift or rel_pos no mask is passed (SDPA's fused kernels).
     """
     g = check_inputs(q, k, v, spec, grid, rel_pos_h, rel_pos_w)
+    has_extra = check_extra(q, extra_k, extra_v) > 0
     b, n, h, d = q.shape
     if spec.kind == "global" and not spec.rel_pos:
+        if has_extra:
+            k, v = torch.cat([k, extra_k], dim=1), torch.cat([v, extra_v], dim=1)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)
     nwin, t = g.num_windows, g.window_tokens
@@ -246,8 +281,13 @@ def attention_torch(
     bias = None
     if spec.rel_pos:
         bias = _decomposed_rel_pos(qw, rel_pos_h, rel_pos_w, g.wh, g.ww)
+    shared = []  # key/value tokens every window sees: pooled, then extra
     if spec.pool:
-        kp, vp = (pool_windows(x, spec, grid).transpose(1, 2) for x in (k, v))  # [B, h, P, d]
+        shared.append([pool_windows(x, spec, grid) for x in (k, v)])
+    if has_extra:
+        shared.append([extra_k, extra_v])
+    if shared:
+        kp, vp = (torch.cat(ts, dim=1).transpose(1, 2) for ts in zip(*shared))  # [B, h, P (+T), d]
         p = kp.shape[2]
         kw = torch.cat([kw, kp[:, None].expand(b, nwin, h, p, d).reshape(b * nwin, h, p, d)], dim=2)
         vw = torch.cat([vw, vp[:, None].expand(b, nwin, h, p, d).reshape(b * nwin, h, p, d)], dim=2)
@@ -267,3 +307,13 @@ def attention_torch(
     if g.sh or g.sw:
         out = torch.roll(out, shifts=(g.sh, g.sw), dims=(1, 2))
     return out[:, : g.hp, : g.wp].reshape(b, n, h, d)
+
+
+def extra_query_attention(
+    extra_q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
+    """The extra (knowledge) tokens' own outputs: plain attention of extra_q [B, T, heads, d] over all N + T
+    tokens k, v [B, N + T, heads, d] (no window, mask or rel-pos) -> [B, T, heads, d]. T is tiny, so one SDPA
+    call on strided views (no copies) serves every backend."""
+    out = F.scaled_dot_product_attention(extra_q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
