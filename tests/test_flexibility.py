@@ -43,3 +43,17 @@ def test_split_moe_models_predict_as_the_moe_model():
             assert plain.config.backbone.num_experts == 1 and not plain.associate_keypoint_heads
             assert not any(".experts." in k for k in plain.state_dict())
             assert torch.equal(plain(x), model(x, dataset_index=d))
+
+
+def test_official_export_refuses_what_the_official_model_lacks(tmp_path):
+    from vitpose_fast import attention_preset
+    from vitpose_fast.checkpoint import CheckpointError
+
+    with_token = Model.from_config("vitpose_s", num_knowledge_tokens=1, **TINY)
+    with pytest.raises(CheckpointError, match="knowledge token"):
+        with_token.export_official(tmp_path / "a.pth")
+    with_token.save(tmp_path / "own.pt")
+    assert Model.from_pretrained(tmp_path / "own.pt").config.backbone.num_knowledge_tokens == 1
+    windowed = Model.from_config("vitpose_s", attention=attention_preset("window", depth=2, window=(2, 2)), **TINY)
+    with pytest.raises(CheckpointError, match="relative-position"):
+        windowed.export_official(tmp_path / "b.pth")

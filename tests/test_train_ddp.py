@@ -82,6 +82,19 @@ def test_device_crop_bf16_and_checkpointing_options_train(synth, tmp_path):
     assert len(losses) == 2 and all(0 < v < 1 for v in losses)
 
 
+@pytest.mark.parametrize("part", ["attn", "ffn"])
+def test_freeze_flag_keeps_frozen_weights(synth, tmp_path, part):
+    # Same seed, so the same init: after 1 and after 2 steps only trainable weights may differ.
+    for steps in (1, 2):
+        train_script.main(_common(synth, tmp_path / str(steps)) + ["--max-steps", str(steps), "--eval-interval", "0",
+                                                                    "--freeze", part])
+    one, two = _weights(tmp_path / "1" / "last.pth"), _weights(tmp_path / "2" / "last.pth")
+    frozen = {"attn": (".attn.", ".norm1."), "ffn": (".mlp.", ".norm2.", "patch_embed", "pos_embed")}[part]
+    changed = [k for k in one if not torch.equal(one[k], two[k])]
+    assert any("keypoint_head" in k for k in changed)
+    assert not [k for k in changed if any(f in k for f in frozen)]
+
+
 def _torchrun(nproc, argv, timeout=240):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),

@@ -153,6 +153,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     o.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm in the classic head (DDP)")
     o.add_argument("--fsdp", action="store_true", help="FullyShardedDataParallel (one unit per block)")
     o.add_argument("--init", type=Path, help="MAE/timm/ViTPose checkpoint to start from (non-strict)")
+    o.add_argument("--freeze", choices=("attn", "ffn"), default=None,
+                   help="partial fine-tuning, official meanings: attn = attention + norm1 of every block; "
+                        "ffn = MLP + norm2 + patch embedding + pos_embed (frozen parameters get no gradients and "
+                        "are not in the optimiser)")
     r = p.add_argument_group("run")
     r.add_argument("--device", help="cpu, cuda (default: cuda when available)")
     r.add_argument("--backend", choices=BACKENDS, default="auto")
@@ -336,6 +340,8 @@ def build_model(pre: TrainPreset, args: argparse.Namespace, log) -> Model:
     model = Model(pre.model, backend=args.backend)
     if args.init is not None:
         load_init(model, args.init, log)
+    if args.freeze:
+        model.freeze(args.freeze)
     if args.checkpointing:
         model.set_grad_checkpointing(True)
     return model

@@ -262,6 +262,8 @@ def infer_config(sd: StateDict, hf_config: Optional[dict] = None, **overrides) -
         qkv_bias="backbone.blocks.0.attn.qkv.bias" in sd or depth == 0,
         num_experts=max(len(experts), 1), part_features=part,
     )
+    if "backbone.knowledge_token" in sd:
+        bkw["num_knowledge_tokens"] = sd["backbone.knowledge_token"].shape[1]
     pos = sd.get("backbone.pos_embed")
     stride = overrides.get("patch_stride", 16)
     if hf_b.get("image_size"):
@@ -387,6 +389,12 @@ def save_own(model, path) -> None:
 
 
 def official_state_dict(model) -> StateDict:
+    if model.config.backbone.num_knowledge_tokens:
+        raise CheckpointError(
+            "the official ViTPose has no knowledge token (backbone.knowledge_token); save with Model.save instead"
+        )
+    if any(k.endswith((".rel_pos_h", ".rel_pos_w")) for k in model.state_dict()):
+        raise CheckpointError("the official ViTPose has no relative-position tables; save with Model.save instead")
     sd = dict(model.state_dict())
     # Released official files carry an (unused) cls token; keep the layout identical.
     sd["backbone.cls_token"] = torch.zeros(1, 1, model.config.backbone.embed_dim)

@@ -124,7 +124,8 @@ def multi_dataset_loss(heatmaps: Dict[int, torch.Tensor], targets: Dict[int, Dic
 def layer_id_for_vit(name: str, num_layers: int) -> int:
     """Official ``get_num_layer_for_vit``: embeddings 0, ``backbone.blocks.i`` i + 1, everything else
     (``last_norm``, every head) ``num_layers - 1``; ``num_layers`` = depth + 2."""
-    if name in ("backbone.cls_token", "backbone.mask_token", "backbone.pos_embed"):
+    # The knowledge token is ours (not official): it sits with the embeddings, like cls_token.
+    if name in ("backbone.cls_token", "backbone.mask_token", "backbone.pos_embed", "backbone.knowledge_token"):
         return 0
     if name.startswith("backbone.patch_embed"):
         return 0
