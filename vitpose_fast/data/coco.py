@@ -173,13 +173,13 @@ class CocoKeypoints(Dataset):
         return sample
 
 
-_LOWER_BODY_PARTS = ("hip", "knee", "ankle")
+_LOWER_BODY_PARTS = ("hip", "knee", "ankle", "pelvis", "b_paw")  # b_paw: AP-10K hind paws
 
 
 def upper_body_ids(keypoint_names: Sequence[str]) -> Tuple[int, ...]:
-    """Joints the half-body transform counts as upper body: every joint that is not a hip, knee or ankle
+    """Joints the half-body transform counts as upper body: every joint that is not a hip, knee, ankle, pelvis or hind paw
     (for COCO the official ``upper_body_ids`` 0..10)."""
-    return tuple(i for i, n in enumerate(keypoint_names) if not any(p in n for p in _LOWER_BODY_PARTS))
+    return tuple(i for i, n in enumerate(keypoint_names) if not any(p in n.lower() for p in _LOWER_BODY_PARTS))
 
 
 def collate(batch: List[Dict[str, torch.Tensor]]) -> Dict[str, Union[torch.Tensor, List[torch.Tensor]]]:
