@@ -20,6 +20,7 @@ setup(
             "transformers>=4.48",
             "safetensors",
             "opencv-python-headless",
+            "scipy",  # transformers' VitPose image processor warps and blurs with scipy
             "matplotlib",
         ],
         "gpu": ["xformers"],
