@@ -373,6 +373,8 @@ def wrap_model(model: nn.Module, args: argparse.Namespace, world: int, device: t
         return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                    find_unused_parameters=True)
     if args.fsdp:
+        if device.type != "cuda":
+            raise ValueError("--fsdp needs CUDA devices (FullyShardedDataParallel has no CPU backend); use DDP on CPU")
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
