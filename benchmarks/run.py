@@ -245,6 +245,14 @@ def _our_model(shared: Shared, backend: str, dtype: torch.dtype, config: Optiona
     return model
 
 
+def _repo_relative(path: Path) -> str:
+    root = RESULTS_DIR.parent.parent
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
 def _bind(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: model(x)
 
@@ -703,7 +711,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "title": title,
         "environment": environment(device),
         "config": config.to_dict(),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        # Paths relative to the repository, so that result files name no machine's folders.
+        "args": {k: (_repo_relative(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "plan": {"batches": plan.batches, "iters": plan.iters, "warmup": plan.warmup, "backends": plan.backends,
                  "compile_mode": plan.compile_mode},
         "gflops_per_image": flops.total / 1e9,
