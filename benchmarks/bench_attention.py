@@ -38,7 +38,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, PeakMemory, device_slug, do_bench, environment, text_table, write_json  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS_DIR, PeakMemory, device_slug, do_bench, environment, interpreter_on_cpu, text_table, write_json,
+)
 
 # name -> (batch, (Hp, Wp), heads, head_dim, window)
 CASES: Dict[str, Tuple[int, Tuple[int, int], int, int, Tuple[int, int]]] = {
@@ -206,13 +208,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
-    if device.type == "cpu":
-        # Before the kernel module is imported: on CPU the Triton kernel can only run in the interpreter.
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+    if interpreter_on_cpu(device):
         cases = [CPU_CASE]
         rep_ms = min(args.rep_ms, 20.0)
-        print("CPU: a tiny shape with the Triton interpreter; the figures only show that the script runs "
-              "(GPU figures need a GPU).")
     else:
         cases = [(CASE_NAMES[c], CASES[c]) for c in args.cases]
         rep_ms = args.rep_ms

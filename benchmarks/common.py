@@ -320,3 +320,14 @@ def write_json(path: Path, payload: Dict[str, object]) -> Path:
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def interpreter_on_cpu(device) -> bool:
+    """On CPU a Triton kernel can only run in the interpreter, which is chosen when the kernel module is imported:
+    call this before importing it. Returns whether the run is a CPU run (tiny shapes, figures not meaningful)."""
+    if device.type != "cpu":
+        return False
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    print("CPU: a tiny shape with the Triton interpreter; the figures only show that the script runs "
+          "(GPU figures need a GPU).")
+    return True
