@@ -105,17 +105,32 @@ def _image_id(path: Path, fallback: int) -> int:
     return int(path.stem) if path.stem.isdigit() else fallback
 
 
+def _detector(args):
+    from .detectors import load_detector
+
+    try:
+        return load_detector(args.detector, device=args.device)
+    except (ImportError, ValueError) as e:
+        raise SystemExit(f"vitpose-fast: {e}") from e
+
+
 def cmd_predict(args) -> int:
     from .evaluation import results_to_coco
     from .visualize import save_poses
 
     paths = _collect_images(args.images)
     ids = [_image_id(p, i) for i, p in enumerate(paths)]
+    if args.boxes and args.detector:
+        raise SystemExit("vitpose-fast: pass either --boxes or --detector, not both")
     if args.boxes:
         dets, skipped = _load_dets(args.boxes, args.box_thr)
         if skipped:
             print(f"skipped {skipped} detections with zero width or height", file=sys.stderr)
         boxes = [dets.get(i, np.zeros((0, 5))) for i in ids]
+    elif args.detector:
+        from .detectors import detect_files
+
+        boxes = detect_files(_detector(args), paths, args.det_thr, args.det_classes, args.quiet)
     else:
         boxes = [None] * len(paths)
     model = _load_model(args.weights, args.model, args.device)
@@ -221,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output json")
     p.add_argument("--vis", help="folder for skeleton PNGs")
     p.add_argument("--kpt-thr", type=float, default=0.3, help="minimum keypoint score drawn")
+    p.add_argument("--detector", help="person detector: module:callable (image -> (boxes_xyxy, scores[, labels])) "
+                   "or yolo:PATH.pt (Ultralytics, installed separately)")
+    p.add_argument("--det-thr", type=float, default=0.3, help="minimum detector score (official demo: 0.3)")
+    p.add_argument("--det-classes", type=lambda v: [int(c) for c in v.split(",")], default=None,
+                   help="detector labels kept, comma-separated (default: all; yolo: keeps persons)")
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("eval", parents=[common], help="COCO keypoint AP on an annotated image set")
