@@ -116,8 +116,11 @@ def _detector(args):
 
 def cmd_predict(args) -> int:
     from .evaluation import results_to_coco
+    from .video import cmd_predict_video, is_video_source
     from .visualize import save_poses
 
+    if len(args.images) == 1 and is_video_source(args.images[0]):
+        return cmd_predict_video(args)
     paths = _collect_images(args.images)
     ids = [_image_id(p, i) for i, p in enumerate(paths)]
     if args.boxes and args.detector:
@@ -229,12 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--dataset-index", type=int, default=None, help="ViTPose+ expert/head (0 = COCO)")
     common.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("predict", parents=[common], help="keypoints for images (COCO results json)")
-    p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--boxes", help="COCO detection results json (image_id = int(file stem))")
+    p = sub.add_parser("predict", parents=[common], help="keypoints for images (COCO results json) or a video")
+    p.add_argument("images", nargs="+", help="image files or folders; or one video file, stream URL or webcam index")
+    p.add_argument("--boxes", help="COCO detection results json (image_id = int(file stem)); for a video, "
+                   "per-frame boxes json (see vitpose_fast.video.load_frame_boxes)")
     p.add_argument("--box-thr", type=float, default=0.0, help="minimum detection score")
-    p.add_argument("--out", required=True, help="output json")
-    p.add_argument("--vis", help="folder for skeleton PNGs")
+    p.add_argument("--out", required=True, help="output json (for a video: JSON lines, one per frame)")
+    p.add_argument("--vis", help="folder for skeleton PNGs (for a video: the annotated video file, .mp4/.avi)")
+    p.add_argument("--frames-per-batch", type=int, default=8, help="video frames per predict call")
+    p.add_argument("--max-frames", type=int, default=None, help="stop a video or stream after this many frames")
     p.add_argument("--kpt-thr", type=float, default=0.3, help="minimum keypoint score drawn")
     p.add_argument("--detector", help="person detector: module:callable (image -> (boxes_xyxy, scores[, labels])) "
                    "or yolo:PATH.pt (Ultralytics, installed separately)")
