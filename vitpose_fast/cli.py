@@ -256,7 +256,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--det-thr", type=float, default=0.0, help="minimum detection score (official: 0.0)")
     e.add_argument("--out", help="also write the final (rescored, NMS'd) results json")
     e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="export the model to ONNX (plain-PyTorch path, dynamic batch)")
+    x.add_argument("--onnx", required=True, help="output .onnx file")
+    x.add_argument("--weights", required=True, help="checkpoint file, Hugging Face folder or Hub id")
+    x.add_argument("--model", choices=PRESET_NAMES, help="build this preset and load the weights into it")
+    x.add_argument("--res", help="input HxW (e.g. 384x288; the position embedding is resized)")
+    x.add_argument("--dataset-index", type=int, default=None, help="ViTPose+: the dataset fixed in the graph")
+    x.add_argument("--batch", type=int, default=None, help="fixed batch size (default: dynamic)")
+    x.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
+    x.add_argument("--check", action="store_true", help="compare with PyTorch in ONNX Runtime (batch 1 and 3)")
+    x.set_defaults(func=_cmd_export, batch_size=1)
     return parser
+
+
+def _cmd_export(args) -> int:
+    from .onnx_export import cmd_export
+
+    return cmd_export(args)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

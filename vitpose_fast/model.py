@@ -214,6 +214,14 @@ class Model(nn.Module):
 
         save_hf(self, folder)
 
+    def export_onnx(self, path: Union[str, os.PathLike], batch: Optional[int] = None, opset: int = 18,
+                    dataset_index: Optional[int] = None) -> str:
+        """Write the plain-PyTorch path as ONNX (pixel_values [B, 3, H, W] -> heatmaps; dynamic batch unless
+        ``batch`` is given; ViTPose+ with ``dataset_index`` fixed). See :mod:`vitpose_fast.onnx_export`."""
+        from .onnx_export import export_onnx
+
+        return export_onnx(self, path, batch=batch, opset=opset, dataset_index=dataset_index)
+
     def predict(self, images, boxes=None, box_format: str = "xyxy", flip_test: bool = True,
                 decode: str = "udp", batch_size: int = 64, detector=None, det_thr: float = 0.3,
                 det_classes=None, **kwargs):
