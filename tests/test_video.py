@@ -146,3 +146,19 @@ def test_whole_frame_default_and_boxes_file_formats(clip, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"0": [[1, 2, 3]]}))
     with pytest.raises(ValueError, match=r"\[N, 4\] or \[N, 5\]"):
         load_frame_boxes(tmp_path / "bad.json")
+
+
+def test_cli_video_with_a_detector(clip, tmp_path, monkeypatch, capsys):
+    _, path, _, _, weights = clip
+    module = types.ModuleType("video_dets")
+    module.detect = lambda image: (np.array([[10.0, 5.0, 60.0, 90.0]]), np.array([0.9]))
+    monkeypatch.setitem(sys.modules, "video_dets", module)
+    out = tmp_path / "d.jsonl"
+    assert cli.main(["predict", str(path), "--weights", str(weights), "--device", "cpu", "--quiet", "--no-flip",
+                     "--detector", "video_dets:detect", "--max-frames", "3", "--out", str(out)]) == 0
+    lines = read_jsonl(out)
+    assert [d["frame"] for d in lines] == [0, 1, 2]
+    assert all(d["persons"][0]["box"] == [10.0, 5.0, 60.0, 90.0] for d in lines)
+    with pytest.raises(SystemExit, match="either --boxes or --detector"):
+        cli.main(["predict", str(path), "--weights", str(weights), "--boxes", "b.json",
+                  "--detector", "video_dets:detect", "--out", str(out)])

@@ -4,12 +4,18 @@
     Top-down keypoints for every image, written as COCO keypoint results (one entry per person, plus its
     ``bbox`` xywh). Without ``--boxes`` each image is one person box; with a COCO detection-results file the
     boxes of image id ``int(file stem)`` are used (category 1, score >= ``--box-thr``).
+``vitpose-fast predict --weights W CLIP.mp4 [--detector SPEC | --boxes PER_FRAME.json] --out poses.jsonl [--vis out.mp4]``
+    A video file, webcam index or stream URL: one JSON line per frame (:mod:`vitpose_fast.video`).
+    ``--detector module:callable`` or ``yolo:PATH.pt`` finds the persons for images and videos
+    (:mod:`vitpose_fast.detectors`).
+``vitpose-fast export --onnx OUT.onnx --weights W [--res HxW] [--dataset-index I] [--check]``
+    ONNX export of the plain-PyTorch path (:mod:`vitpose_fast.onnx_export`).
 ``vitpose-fast eval --weights W --ann ANN.json --images DIR [--dets DETS.json] [--no-flip]``
     The official COCO top-down evaluation: GT boxes (official clean-up: clipped, ``w - 1``) or detections,
     flip test, rescoring, OKS-NMS, ``COCOeval``; prints the AP table.
 
 ``--weights`` is anything :meth:`vitpose_fast.Model.from_pretrained` loads (our checkpoints, official ``.pth``,
-Hugging Face folders); ``--model PRESET`` instead builds that preset and loads the weights into it strictly.
+Hugging Face folders, Hub ids); ``--model PRESET`` instead builds that preset and loads the weights into it strictly.
 """
 
 from __future__ import annotations
@@ -223,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitpose-fast", description="ViTPose top-down inference and evaluation")
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--weights", required=True, help="checkpoint file or Hugging Face folder")
+    common.add_argument("--weights", required=True, help="checkpoint file, Hugging Face folder or Hub id (org/name)")
     common.add_argument("--model", choices=PRESET_NAMES, help="build this preset and load the weights into it")
     common.add_argument("--device", default=_default_device(), help="torch device (default: cuda if available)")
     common.add_argument("--batch-size", type=int, default=64, help="crops per forward (flipped copies included)")
