@@ -11,6 +11,7 @@ attention matmuls are counted (LayerNorm, GELU, softmax, bias, upsampling and Ba
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import json
 import os
 import platform
@@ -27,6 +28,11 @@ import torch
 
 from vitpose_fast.config import ModelConfig
 from vitpose_fast.reference.attention import geometry
+
+try:
+    from .tables import format_cell, markdown_table, text_table  # noqa: F401 (re-exported)
+except ImportError:  # imported as a top-level module by the bench_*.py scripts (benchmarks/ on sys.path)
+    from tables import format_cell, markdown_table, text_table  # noqa: F401
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -62,6 +68,11 @@ def device_slug(device: torch.device) -> str:
 
 
 def _version(module: str) -> Optional[str]:
+    # The installed distribution's version: importing transformers only to read it costs seconds.
+    try:
+        return importlib.metadata.version(module)
+    except importlib.metadata.PackageNotFoundError:
+        pass
     try:
         mod = __import__(module)
     except Exception:  # a broken optional install must not stop a benchmark
@@ -315,33 +326,6 @@ def result_stem(device: torch.device, model: str, res: Sequence[int], suffix: st
     date = date or _dt.date.today().isoformat()
     parts = [device_slug(device), model, f"{res[0]}x{res[1]}"] + ([suffix] if suffix else []) + [date]
     return "_".join(parts)
-
-
-def format_cell(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if value == 0 or 1e-3 <= abs(value) < 1e5:
-            return f"{value:.4g}" if abs(value) < 10 else f"{value:.1f}"
-        return f"{value:.2e}"
-    return str(value)
-
-
-def markdown_table(rows: Sequence[Dict[str, object]], columns: Sequence[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(format_cell(row.get(c)) for c in columns) + " |")
-    return "\n".join(lines)
-
-
-def text_table(rows: Sequence[Dict[str, object]], columns: Sequence[str]) -> str:
-    """A fixed-width table for a terminal."""
-    cells = [[format_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    fmt = "  ".join("{:<%d}" % w for w in widths)
-    out = [fmt.format(*columns), fmt.format(*("-" * w for w in widths))]
-    out += [fmt.format(*row) for row in cells]
-    return "\n".join(out)
 
 
 def write_json(path: Path, payload: Dict[str, object]) -> Path:
