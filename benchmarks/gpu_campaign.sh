@@ -84,9 +84,14 @@ step() {
 {
     echo "campaign $(date -u -Iseconds), commit $COMMIT, dry run: $DRY"
     nvidia-smi --query-gpu=name,driver_version,power.limit,memory.total,clocks.max.sm --format=csv 2>/dev/null || true
-    $PY -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda',
-torch.version.cuda, 'triton', triton.__version__, 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
-    $PY -c "import transformers; print('transformers', transformers.__version__)" 2>&1 | tail -1
+    # Versions from the package metadata: importing torch and transformers here would cost seconds.
+    $PY -c "import sys, importlib.metadata as m
+def v(name):
+    try:
+        return m.version(name)
+    except m.PackageNotFoundError:
+        return None
+print('python', sys.version.split()[0], *[f'{n} {v(n)}' for n in ('torch', 'triton', 'transformers')])"
 } > "$WORK/environment.txt" 2>&1
 
 RUN="$PY benchmarks/run.py"
@@ -130,5 +135,8 @@ step bench_decode 10 $PY benchmarks/bench_decode.py $DECODE --out "$WORK/bench_d
 MIN_STEP_S=$MIN_COMPILE_S step compile_h_576x432 600 $RUN $H_COMPILE --out "$WORK/run/compile_h_576x432" \
     --backends sdpa-bf16,compile --compile-mode default
 
+# The summary, then the step list last: a caller that keeps only the end of the output still sees both.
+cat "$DEST/summary.md"
+cut -f1-4 "$WORK/steps.tsv"
 echo "total $(( $(date +%s) - START ))s; results in $DEST: $(ls "$DEST" | tr '\n' ' ')"
 rm -rf "$WORK"
