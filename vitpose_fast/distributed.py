@@ -262,15 +262,36 @@ class MemoryEstimate:
         return self.params + self.grads + self.optimizer + self.activations
 
 
+class _FlashLike(torch.autograd.Function):
+    """Shapes only (meta): the tensors a flash-attention forward keeps for its backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = q.new_empty(*q.shape[:-1], v.shape[-1])
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # pragma: no cover - the estimate runs forward only
+        raise NotImplementedError
+
+
+def _flash_like_attention(q, k, v, attn_mask=None, *args, **kwargs):
+    return _FlashLike.apply(q, k, v)
+
+
 def _saved_activation_bytes(config, batch: int, dtype: torch.dtype) -> Dict[str, int]:
     """Bytes autograd keeps for backward after one training forward on the meta device: ``total``, ``blocks``
     (list, per block), ``block_input`` (one block's input, what checkpointing keeps per block). Saved tensors are
-    counted once per storage (views and tensors saved by several ops share one)."""
+    counted once per storage (views and tensors saved by several ops share one); saved weights are not
+    activations and are left out. Attention saves what flash attention saves (q, k, v, the output and an fp32
+    log-sum-exp per query), not the probabilities of SDPA's math path (the meta device's choice)."""
     from .model import Model
 
     with torch.device("meta"):
         model = Model(config, backend="torch").to(dtype).train()
-    seen: Dict[int, int] = {}
+    seen: Dict[int, int] = {p.untyped_storage()._cdata: 0 for p in model.parameters()}
     current: List[Optional[int]] = [None]
     per_block = [0] * len(model.backbone.blocks)
 
@@ -289,8 +310,13 @@ def _saved_activation_bytes(config, batch: int, dtype: torch.dtype) -> Dict[str,
         hooks.append(blk.register_forward_hook(lambda m, a, o: current.__setitem__(0, None)))
     h, w = config.backbone.img_size
     x = torch.empty(batch, 3, h, w, device="meta", dtype=dtype)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    torch.nn.functional.scaled_dot_product_attention = _flash_like_attention
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(x)
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = sdpa
     for hk in hooks:
         hk.remove()
     hp, wp = config.backbone.grid
