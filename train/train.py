@@ -9,9 +9,15 @@ Usage (COCO layout: ``DIR/annotations/person_keypoints_{train,val}2017.json``, `
     torchrun --nproc_per_node=8 train/train.py --preset vitpose_b_coco_256x192 --data-root data/coco \\
         --init mae_pretrain_vit_base.pth --out runs/vitpose_b --amp bf16
 
-    # larger models: activation checkpointing, FSDP
-    torchrun --nproc_per_node=8 train/train.py --preset vitpose_h_coco_256x192 --data-root data/coco \\
+    # larger models: activation checkpointing, FSDP2 (sharded checkpoints in runs/vitpose_h/last.dcp; resume on
+    # any process count with --resume runs/vitpose_h/last.dcp; `python -m vitpose_fast.distributed consolidate
+    # runs/vitpose_h/last.dcp w.pth` makes Model.save weights of one; --estimate-memory prints the per-rank memory)
+    torchrun --nproc_per_node=8 train/train.py --preset vitpose_h_coco_576x432 --data-root data/coco \\
         --init mae_pretrain_vit_huge.pth --out runs/vitpose_h --amp bf16 --checkpointing --fsdp
+
+    # several machines: the same command on each, a rendezvous endpoint all of them reach, a shared --out
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_id=job --rdzv_endpoint=HOST:29400 \\
+        train/train.py --preset vitpose_h_coco_576x432 --data-root data/coco --out /shared/runs/vitpose_h --fsdp
 
     # CPU: a synthetic set and the tiny preset, two processes (gloo)
     python -m vitpose_fast.data.synthetic --out data/synth --images 400
@@ -51,8 +57,10 @@ their mean (``best.pth`` follows it)::
     # ... resumed exactly as above with --resume runs/tiny_multi/last.pth; split into per-dataset models with
     # Model.from_pretrained("runs/tiny_multi/final.pth").split_datasets()
 
-Outputs in ``--out``: ``metrics.jsonl`` (one JSON object per logged step and per evaluation), ``last.pth``
-(training state, written atomically every ``--save-interval`` epochs and when ``--max-steps`` stops the run),
+Outputs in ``--out``: ``metrics.jsonl`` (one JSON object per logged step, with the global batch's loss, and per
+evaluation), ``last.pth`` (training state, written atomically every ``--save-interval`` epochs and when
+``--max-steps`` stops the run; with ``--fsdp`` the sharded ``last.dcp`` folder instead, see
+``vitpose_fast.distributed``),
 ``best.pth`` (model weights of the best val AP, ``Model.from_pretrained``-loadable) and ``final.pth`` (weights
 at the end).
 
