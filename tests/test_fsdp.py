@@ -209,6 +209,23 @@ def test_evaluation_under_fsdp_matches_one_plain_process(synth, two, tmp_path):
     assert len(plain) > 0 and sorted(map(key, sharded)) == sorted(map(key, plain))
 
 
+def test_bf16_checkpointing_and_freezing_under_fsdp(synth, tmp_path):
+    """bf16 blocks (MixedPrecisionPolicy) with the fp32 classic head (BatchNorm), per-block activation
+    checkpointing and --freeze attn: frozen weights stay at their initial values, the rest trains."""
+    argv = _args(synth, tmp_path, 8, "--fsdp", "--amp", "bf16", "--checkpointing", "--freeze", "attn",
+                 "--max-steps", "2")
+    del argv[argv.index("--head"):argv.index("--head") + 2]  # the preset's classic head
+    train_script.main(argv)
+    assert all(0 < v < 1 for v in _losses(tmp_path).values())
+    torch.manual_seed(3)  # train.py seeds with --seed + rank, then builds the model
+    init = Model(train_script.resolve_preset(train_script.parse_args(argv)).model).state_dict()
+    trained = _weights(vf_dist.consolidate(tmp_path / "last.dcp", tmp_path / "w.pth"))
+    frozen = [k for k in init if ".attn." in k or ".norm1." in k]
+    assert frozen and all(torch.equal(init[k], trained[k]) for k in frozen)
+    changed = [k for k in init if not torch.equal(init[k], trained[k])]
+    assert any(".mlp." in k for k in changed) and any("keypoint_head" in k for k in changed)
+
+
 def test_memory_estimate_shards_states_not_activations():
     from vitpose_fast.config import preset
 

@@ -399,6 +399,8 @@ def load_init(model: Model, path: Path, log) -> None:
 
 
 def wrap_model(model: nn.Module, args: argparse.Namespace, world: int, device: torch.device) -> nn.Module:
+    if args.sync_bn and (world > 1 or args.fsdp):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if args.fsdp:  # also with one process: the same code path and checkpoint format as on many
         ensure_process_group(device)
         return shard_model(model, device, torch.bfloat16 if args.amp == "bf16" else None)
@@ -408,8 +410,6 @@ def wrap_model(model: nn.Module, args: argparse.Namespace, world: int, device: t
         # A rank's batch may lack a dataset: its head and expert then take no part in that rank's graph.
         return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                    find_unused_parameters=True)
-    if args.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 

@@ -69,9 +69,13 @@ def ensure_process_group(device: torch.device) -> bool:
 
 def shard_model(model: nn.Module, device: torch.device, param_dtype: Optional[torch.dtype] = None) -> nn.Module:
     """FSDP2 in place: one unit per backbone block (gathered just before the block runs, freed after it; again
-    in backward, also under activation checkpointing), then the root. ``param_dtype`` (bf16): parameters are
-    gathered in that dtype, gradients reduced in fp32 and the sharded master weights stay fp32. Rank 0's
-    weights and buffers are broadcast first (as DDP does): ranks may have initialised differently."""
+    in backward, also under activation checkpointing), then the root. ``param_dtype`` (bf16): the blocks'
+    parameters are gathered in that dtype and their gradients reduced in fp32; the root (embeddings, last norm,
+    heads: BatchNorm needs fp32 parameters next to its fp32 statistics) stays fp32 under the caller's autocast,
+    as without FSDP. The sharded master weights are fp32. As DDP does,
+    rank 0's weights and buffers are broadcast first (ranks may have initialised differently) and its buffers
+    (BatchNorm running statistics) again before every training forward, so all ranks hold, save and evaluate
+    the same ones."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -85,7 +89,15 @@ def shard_model(model: nn.Module, device: torch.device, param_dtype: Optional[to
     inner = model.module if hasattr(model, "module") else model
     for block in inner.backbone.blocks:
         fully_shard(block, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh)
+    buffers = list(model.buffers())
+    if dist.get_world_size() > 1 and buffers:
+        def broadcast_buffers(module: nn.Module, args: Any) -> None:
+            if module.training:
+                for b in buffers:
+                    dist.broadcast(b, 0)
+
+        model.register_forward_pre_hook(broadcast_buffers)
     return model
 
 
@@ -245,8 +257,8 @@ def consolidate(path: os.PathLike, out: os.PathLike) -> Path:
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes per rank. ``params``: fp32 master weights (DDP: all, plus autocast's bf16 copies with bf16; FSDP:
-    1/N of them plus the gathered compute-dtype copies of the root and two blocks, the one running and the one
-    prefetched); ``grads``: fp32 gradients of trainable parameters (FSDP: 1/N plus one gathered block's);
+    1/N of them plus the gathered root in fp32 and two gathered blocks in the compute dtype, the one running and
+    the one prefetched); ``grads``: fp32 gradients of trainable parameters (FSDP: 1/N plus one gathered block's);
     ``optimizer``: AdamW's two fp32 moments (FSDP: 1/N); ``activations``: what autograd saves for backward at
     the per-rank batch (the same for DDP and FSDP)."""
 
@@ -352,7 +364,7 @@ def estimate_memory(config, batch: int, ranks: Sequence[int], amp: str = "bf16",
     out = [MemoryEstimate("DDP", 1, params=4 * n_all + (cbytes * n_all if amp == "bf16" else 0), grads=4 * n_train,
                           optimizer=8 * n_train, activations=act)]
     for n in ranks:
-        gathered = cbytes * (root + 2 * block_all)
+        gathered = 4 * root + cbytes * 2 * block_all
         out.append(MemoryEstimate("FSDP", n, params=-(-4 * n_all // n) + gathered,
                                   grads=-(-4 * n_train // n) + cbytes * block_train, optimizer=-(-8 * n_train // n),
                                   activations=act))
