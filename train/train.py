@@ -107,6 +107,7 @@ from vitpose_fast.distributed import (  # noqa: E402
     is_sharded_checkpoint,
     load_sharded,
     local_copy,
+    read_train_state,
     save_sharded,
     shard_model,
 )
@@ -663,7 +664,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     own_group = args.fsdp and not dist.is_initialized()  # FSDP in one plain process: a group of one, ours
     ddp_model = wrap_model(MultiHeadModel(model) if sources is not None else model, args, world, device)
-    # Groups from the wrapped module's parameters (FSDP's use_orig_params views); names are the official ones.
+    # Groups from the wrapped module's parameters (FSDP2: per-parameter DTensors); names are the official ones.
     groups = param_groups(unwrap(ddp_model), pre.optim.lr, pre.optim.weight_decay, pre.model.layer_decay,
                           pre.model.backbone.depth)
     optimizer = torch.optim.AdamW(groups, lr=pre.optim.lr, betas=pre.optim.betas, weight_decay=pre.optim.weight_decay)
@@ -674,18 +675,22 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     start_epoch, step, start_batch, best_ap = 0, 0, 0, -1.0
     if args.resume is not None:
-        if is_sharded_checkpoint(args.resume):  # any process count, with or without --fsdp (DCP reshards)
-            state = load_sharded(args.resume, ddp_model, optimizer)
+        sharded_ckpt = is_sharded_checkpoint(args.resume)  # any process count, with or without --fsdp
+        if sharded_ckpt:
+            state = read_train_state(args.resume)
         elif is_sharded(ddp_model):
             raise ValueError(f"--fsdp resumes from a sharded checkpoint folder (OUT/last.dcp), got the file "
                              f"{args.resume}; resume it without --fsdp")
         else:
             state = load_checkpoint(args.resume)
-            unwrap(ddp_model).load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
         if state.get("datasets") != ([s.info.name for s in sources] if sources is not None else None):
             raise ValueError(f"{args.resume} was trained on datasets {state.get('datasets')}, this run has "
                              f"{[s.info.name for s in sources] if sources is not None else None}")
+        if sharded_ckpt:
+            load_sharded(args.resume, ddp_model, optimizer)  # DCP reshards to this run's processes
+        else:
+            unwrap(ddp_model).load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])

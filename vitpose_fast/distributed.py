@@ -247,7 +247,7 @@ def consolidate(path: os.PathLike, out: os.PathLike) -> Path:
     state = read_train_state(path)
     model = Model(ModelConfig.from_dict(state["config"]))
     sd = {"model": model.state_dict()}
-    dcp.load(sd, checkpoint_id=str(path))
+    dcp.load(sd, checkpoint_id=str(path), no_dist=not dist.is_initialized())
     model.load_state_dict(sd["model"])
     model.save(out)
     return Path(out)
