@@ -25,9 +25,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -72,10 +73,9 @@ def shard_model(model: nn.Module, device: torch.device, param_dtype: Optional[to
     in backward, also under activation checkpointing), then the root. ``param_dtype`` (bf16): the blocks'
     parameters are gathered in that dtype and their gradients reduced in fp32; the root (embeddings, last norm,
     heads: BatchNorm needs fp32 parameters next to its fp32 statistics) stays fp32 under the caller's autocast,
-    as without FSDP. The sharded master weights are fp32. As DDP does,
-    rank 0's weights and buffers are broadcast first (ranks may have initialised differently) and its buffers
-    (BatchNorm running statistics) again before every training forward, so all ranks hold, save and evaluate
-    the same ones."""
+    as without FSDP. The sharded master weights are fp32. As DDP does, rank 0's weights and buffers are
+    broadcast first (ranks may have initialised differently) and its buffers (BatchNorm running statistics)
+    again before every training forward, so all ranks hold, save and evaluate the same ones."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -143,13 +143,12 @@ def _app_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> Dict[str, 
     return {"model": model_sd, "optim": optim_sd}
 
 
-def save_sharded(link: os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, train_state: Dict[str, Any],
-                 commit: Optional[Callable[[Path, Path], None]] = None) -> Path:
+def save_sharded(link: os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 train_state: Dict[str, Any]) -> Path:
     """Write a sharded training checkpoint (every rank calls this) and point ``link`` (e.g. ``out/last.dcp``) at
     it once it is complete; returns the checkpoint folder. ``train_state`` (rank 0's is kept): everything but
     the weights and optimizer states, as :func:`vitpose_fast.training.training_state` with ``weights=False``.
-    Older checkpoints under ``out/sharded`` are removed after the switch. ``commit`` replaces the final
-    rename-and-repoint step (tests inject a crash there)."""
+    Older checkpoints under ``out/sharded`` are removed after the switch."""
     import torch.distributed.checkpoint as dcp
 
     link = Path(link)
@@ -169,7 +168,7 @@ def save_sharded(link: os.PathLike, model: nn.Module, optimizer: torch.optim.Opt
     if rank == 0:
         # dcp.save returns on rank 0 after every rank's shards and the .metadata are written.
         torch.save({**train_state, "format": SHARDED_FORMAT}, tmp / TRAIN_STATE)
-        (commit or _commit)(tmp, final)
+        _commit(tmp, final)
         _repoint(link, final)
         for old in root.iterdir():
             if old != final:
@@ -179,6 +178,7 @@ def save_sharded(link: os.PathLike, model: nn.Module, optimizer: torch.optim.Opt
 
 
 def _commit(tmp: Path, final: Path) -> None:
+    """The complete folder takes its final name (tests inject a crash here)."""
     os.replace(tmp, final)
     _fsync_dir(final.parent)
 
@@ -247,7 +247,9 @@ def consolidate(path: os.PathLike, out: os.PathLike) -> Path:
     state = read_train_state(path)
     model = Model(ModelConfig.from_dict(state["config"]))
     sd = {"model": model.state_dict()}
-    dcp.load(sd, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    with warnings.catch_warnings():  # one process without a group is the point here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(sd, checkpoint_id=str(path), no_dist=not dist.is_initialized())
     model.load_state_dict(sd["model"])
     model.save(out)
     return Path(out)
