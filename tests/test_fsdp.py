@@ -135,7 +135,8 @@ def test_two_fsdp_processes_on_two_nodes_match_one_plain_process(single, two):
 
 def test_consolidated_weights_equal_the_training_state_and_load(single, two, tmp_path):
     final = _weights(two["out"] / "final.pth")  # gathered from the live sharded model at the end
-    exported = vf_dist.consolidate(two["out"] / "last.dcp", tmp_path / "w.pth")  # from the files, one process
+    exported = tmp_path / "w.pth"  # from the files, on one process without a group, through the command line
+    vf_dist.main(["consolidate", str(two["out"] / "last.dcp"), str(exported)])
     assert vf_dist.read_train_state(two["out"] / "last.dcp")["step"] == STEPS
     loaded = Model.from_pretrained(exported).state_dict()
     assert final.keys() == loaded.keys()
