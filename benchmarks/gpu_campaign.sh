@@ -7,7 +7,7 @@
 #   3. main_h_576x432    run.py, ViTPose-H 576x432, batch 1 and 32: sdpa-bf16, vitpose_fast, hf, hf-bf16
 #   4. train_b_256x192   run.py --train, ViTPose-B 256x192, batch 32 and 64: sdpa-bf16, vitpose_fast
 #   5. bench_*           the kernel micro-benchmarks (each row saved as it finishes; achieved vs roofline)
-#   6. compile_h_576x432 run.py compile row (torch.compile, default mode) at batch 32, only with time left
+#   6. compile_h_576x432 run.py compile and vitpose_fast+compile rows (default mode) at batch 32, only with time left
 #
 #   bash benchmarks/gpu_campaign.sh                 # results in $OUT when set, else benchmarks/results/campaign_<date>
 #   bash benchmarks/gpu_campaign.sh --out DIR
@@ -137,7 +137,7 @@ step bench_simple_decoder 20 $PY benchmarks/bench_simple_decoder.py $SIMPLE --ou
 step bench_heatmap_decode 15 $PY benchmarks/bench_heatmap_decode.py $HEATMAP --out "$WORK/bench_heatmap_decode.json"
 step bench_decode 10 $PY benchmarks/bench_decode.py $DECODE --out "$WORK/bench_decode.json"
 MIN_STEP_S=$MIN_COMPILE_S step compile_h_576x432 600 $RUN $H_COMPILE --out "$WORK/run/compile_h_576x432" \
-    --backends sdpa-bf16,compile --compile-mode default
+    --backends sdpa-bf16,compile,vitpose_fast+compile --compile-mode default
 
 # The summary, then the step list last: a caller that keeps only the end of the output still sees both.
 cat "$DEST/summary.md"

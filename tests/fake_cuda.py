@@ -9,9 +9,11 @@ those branches use with a fake that returns what the real one returns, in type a
   ``max_memory_allocated`` -> int bytes;
 - ``torch.cuda.get_device_name -> str``, ``get_device_properties`` -> an object with ``name``,
   ``total_memory`` (int bytes), ``multi_processor_count``, ``major``, ``minor``, ``L2_cache_size``;
-- ``torch.cuda.Stream/stream/current_stream`` and ``torch.cuda.CUDAGraph/graph``: the capture runs the body once,
-  as a real capture does; ``replay()`` before a capture raises, as the real one does; synchronizing while a
-  capture is open raises (a real capture fails on it);
+- ``torch.cuda.Stream/stream/current_stream`` and ``torch.cuda.CUDAGraph/graph``: the capture runs the body once
+  and records its ops; ``replay()`` re-runs them on the same tensors into the same outputs (so a stale static
+  output or a missed input copy shows), raises before a capture as the real one does; synchronizing or reading a
+  tensor's value while a capture is open raises (a real capture fails on it); ``vitpose_fast.optimize`` is told
+  CUDA graphs are available;
 - ``torch.version.cuda``: a version string;
 - ``triton.testing.do_bench`` runs unchanged: triton's active driver is replaced by one whose device interface is
   the faked ``torch.cuda`` (that is how the real do_bench reaches events and synchronize), so its return
@@ -32,6 +34,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 DEVICE_NAME = "NVIDIA H200"
 
@@ -72,6 +76,23 @@ class _CudaAsCpu(TorchFunctionMode):
         if name == "to" and len(args) > 1 and _is_cuda(args[1]):
             args = (args[0], torch.device("cpu")) + tuple(args[2:])
         return func(*args, **kwargs)
+
+
+class _Recorder(TorchDispatchMode):
+    """Records every op run while a graph captures; a host sync (reading a tensor's value) fails, as it does
+    during a real capture."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing (host sync)")
+        out = func(*args, **kwargs)
+        self.ops.append((func, args, kwargs, out))
+        return out
 
 
 def install(monkeypatch) -> FakeCudaState:
@@ -138,23 +159,33 @@ def install(monkeypatch) -> FakeCudaState:
 
     class CUDAGraph:
         def __init__(self, keep_graph=False):
-            self._captured = False
+            self._ops = None
 
         def capture_begin(self, pool=None, capture_error_mode="global"):
             state.capturing = True
+            self._recorder = _Recorder()
+            self._recorder.__enter__()
 
         def capture_end(self):
+            self._recorder.__exit__(None, None, None)
+            self._ops = self._recorder.ops
             state.capturing = False
-            self._captured = True
             state.graphs_captured += 1
 
         def replay(self):
-            if not self._captured:
+            if self._ops is None:
                 raise RuntimeError("CUDA graph replay before capture")
             state.graph_replays += 1
+            # Re-run the recorded ops on the same tensors (inputs and weights read at replay time) into the same
+            # output tensors, as a real graph replays its kernels on fixed addresses.
+            for func, args, kwargs, out in self._ops:
+                new = func(*args, **kwargs)
+                for o, n in zip(tree_flatten(out)[0], tree_flatten(new)[0]):
+                    if isinstance(o, torch.Tensor) and o is not n:
+                        o.copy_(n)
 
         def reset(self):
-            self._captured = False
+            self._ops = None
 
         def pool(self):
             return (0, 0)
@@ -213,6 +244,9 @@ def install(monkeypatch) -> FakeCudaState:
             return 0
 
     monkeypatch.setattr(triton_driver, "_active", Driver())
+    from vitpose_fast import optimize
+
+    monkeypatch.setattr(optimize, "cuda_graphs_available", lambda device: True)
 
     return state
 

@@ -70,19 +70,13 @@ def test_peak_memory_and_environment_on_cuda(fake_cuda):
         "nvidia-h200_vitpose_h_576x432_2026-01-01"
 
 
-def test_cuda_graphed_captures_once_and_replays(fake_cuda):
-    model = torch.nn.Linear(4, 3)
-    x = torch.randn(2, 4, device=CUDA)
-    with torch.inference_mode():
-        replay = run.cuda_graphed(model, x)
-        out = replay(torch.randn(2, 4))
-    assert out.shape == (2, 3) and fake_cuda.graphs_captured == 1 and fake_cuda.graph_replays == 1
-
-
-def test_graph_capture_fails_on_a_synchronize(fake_cuda):
+def test_graph_capture_fails_on_a_host_sync(fake_cuda):
     # The fake rejects what a real capture rejects: a host synchronisation inside the captured forward.
-    with pytest.raises(RuntimeError, match="capturing"):
-        run.cuda_graphed(lambda x: (torch.cuda.synchronize(), x * 2)[1], torch.randn(3))
+    from vitpose_fast.optimize import GraphedForward
+
+    for body in (lambda x, key: (torch.cuda.synchronize(), x * 2)[1], lambda x, key: x * float(x.sum())):
+        with pytest.raises(RuntimeError, match="capturing"):
+            GraphedForward(body, batch_size=3)(torch.randn(3))
 
 
 @pytest.fixture
