@@ -17,7 +17,6 @@ shrinks to a tiny case and the kernel runs in the interpreter: that only shows t
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -25,24 +24,13 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import run_micro, time_impls  # noqa: E402
+from common import fused_op_impls, run_micro, time_impls  # noqa: E402
+
+from vitpose_fast.reference.bias_gelu import bias_gelu_ref  # noqa: E402
 
 # name -> (tokens per image, 4C)
 CASES: Dict[str, Tuple[int, int]] = {"vitpose_b_256x192": (192, 3072), "vitpose_h_576x432": (972, 5120)}
 CPU_CASE = ("tiny_cpu", (37, 384))
-
-
-def _impls(device: torch.device) -> Dict[str, Callable]:
-    from vitpose_fast.reference.bias_gelu import bias_gelu_ref
-
-    impls: Dict[str, Callable] = {"unfused": bias_gelu_ref}
-    if device.type == "cuda":
-        impls["compile"] = torch.compile(bias_gelu_ref, dynamic=False)
-    if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
-        from vitpose_fast.kernels import bias_gelu as kernel
-
-        impls["triton"] = kernel.bias_gelu
-    return impls
 
 
 def bench_case(name: str, shape: Tuple[int, int], batch: int, dtype: torch.dtype, device: torch.device,
@@ -63,7 +51,8 @@ def bench_case(name: str, shape: Tuple[int, int], batch: int, dtype: torch.dtype
                 fn(a, bias).backward(dy)
         return run
 
-    return time_impls(name, batch, modes, _impls(device), step, lambda mode: elems * (2 if mode == "fwd" else 5),
+    impls = fused_op_impls(device, bias_gelu_ref, "bias_gelu")
+    return time_impls(name, batch, modes, impls, step, lambda mode: elems * (2 if mode == "fwd" else 5),
                       device, rep_ms)
 
 

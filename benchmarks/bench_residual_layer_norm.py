@@ -18,7 +18,6 @@ kernel runs in the interpreter: that only shows the script runs; the figures nee
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -26,24 +25,13 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import run_micro, time_impls  # noqa: E402
+from common import fused_op_impls, run_micro, time_impls  # noqa: E402
+
+from vitpose_fast.reference.residual_layer_norm import residual_layer_norm_ref  # noqa: E402
 
 # name -> (tokens per image, C)
 CASES: Dict[str, Tuple[int, int]] = {"vitpose_b_256x192": (192, 768), "vitpose_h_576x432": (972, 1280)}
 CPU_CASE = ("tiny_cpu", (37, 96))
-
-
-def _impls(device: torch.device) -> Dict[str, Callable]:
-    from vitpose_fast.reference.residual_layer_norm import residual_layer_norm_ref
-
-    impls: Dict[str, Callable] = {"unfused": residual_layer_norm_ref}
-    if device.type == "cuda":
-        impls["compile"] = torch.compile(residual_layer_norm_ref, dynamic=False)
-    if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
-        from vitpose_fast.kernels import residual_layer_norm as kernel
-
-        impls["triton"] = kernel.residual_layer_norm
-    return impls
 
 
 def bench_case(name: str, shape: Tuple[int, int], batch: int, dtype: torch.dtype, device: torch.device,
@@ -66,7 +54,8 @@ def bench_case(name: str, shape: Tuple[int, int], batch: int, dtype: torch.dtype
                 torch.autograd.backward([s, h], [ds, dh])
         return run
 
-    return time_impls(name, batch, modes, _impls(device), step,
+    impls = fused_op_impls(device, residual_layer_norm_ref, "residual_layer_norm")
+    return time_impls(name, batch, modes, impls, step,
                       lambda mode: batch * n * row_bytes * (4 if mode == "fwd" else 8), device, rep_ms)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib
 import importlib.metadata
 import json
 import os
@@ -418,6 +419,18 @@ def result_path(out: Optional[str], device: torch.device, benchmark: str, dtype:
         return None
     stem = f"{device_slug(device)}_{benchmark}_{str(dtype).split('.')[-1]}_{_dt.date.today().isoformat()}"
     return RESULTS_DIR / f"{stem}.json" if out == "auto" else Path(out)
+
+
+def fused_op_impls(device: torch.device, reference: Callable, op: str) -> Dict[str, Callable]:
+    """The implementations a fused-op micro-benchmark times: ``unfused`` (the plain-PyTorch ``reference``),
+    ``compile`` (its ``torch.compile``, CUDA only) and ``triton`` (``vitpose_fast.kernels.<op>.<op>``, on CUDA or
+    in the interpreter; imported here, after :func:`interpreter_on_cpu` chose the interpreter)."""
+    impls: Dict[str, Callable] = {"unfused": reference}
+    if device.type == "cuda":
+        impls["compile"] = torch.compile(reference, dynamic=False)
+    if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        impls["triton"] = getattr(importlib.import_module(f"vitpose_fast.kernels.{op}"), op)
+    return impls
 
 
 def time_impls(name: str, batch: int, modes: Sequence[str], impls: Dict[str, Callable],
