@@ -20,8 +20,6 @@ interpreter: that only shows the script runs; the figures need a GPU.
 
 from __future__ import annotations
 
-import argparse
-import datetime as _dt
 import os
 import sys
 from pathlib import Path
@@ -31,8 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    RESULTS_DIR, PeakMemory, ResultFile, device_slug, do_bench, environment, interpreter_on_cpu, roofline,
-    text_table,
+    PeakMemory, ResultFile, do_bench, environment, micro_parser, micro_settings, result_path, roofline, text_table,
 )
 
 # name -> (C, h, w): the backbone feature map of the model at that input resolution (patch 16)
@@ -42,7 +39,7 @@ CASES: Dict[str, Tuple[int, int, int]] = {
 }
 CPU_CASE = ("tiny_cpu", (32, 4, 3))
 NUM_KEYPOINTS = 17
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+BATCHES = (1, 32, 64)  # on CUDA
 COLUMNS = ["case", "batch", "mode", "impl", "ms", "p20", "p80", "speedup", "tflops", "gbs", "roofline", "extra_mib"]
 
 
@@ -108,34 +105,13 @@ def bench_case(name: str, shape: Tuple[int, int, int], batch: int, dtype: torch.
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--batches", type=int, nargs="+", default=None, help="default: 1 32 64 (CUDA), 1 (CPU)")
-    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=sorted(CASES))
-    parser.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd", "fwd+bwd"])
+    parser = micro_parser(__doc__.split("\n\n")[0], CASES, BATCHES)
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations to time")
     parser.add_argument("--tiny", action="store_true", help="the tiny CPU case on any device (smoke runs)")
-    parser.add_argument("--rep-ms", type=float, default=200.0)
-    parser.add_argument("--out", nargs="?", const="auto", default=None,
-                        help="write JSON (to this path, or with no value under benchmarks/results/)")
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device)
-    if interpreter_on_cpu(device) or args.tiny:
-        cases = [CPU_CASE]
-        batches = args.batches or [1]
-        rep_ms = min(args.rep_ms, 50.0)
-    else:
-        cases = [(name, CASES[name]) for name in args.cases]
-        batches = args.batches or [1, 32, 64]
-        rep_ms = args.rep_ms
-    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
-
-    path = None
-    if args.out is not None:
-        stem = f"{device_slug(device)}_simple_decoder_{str(dtype).split('.')[-1]}_{_dt.date.today().isoformat()}"
-        path = RESULTS_DIR / f"{stem}.json" if args.out == "auto" else Path(args.out)
+    device, cases, batches, rep_ms, dtype = micro_settings(args, CASES, CPU_CASE, BATCHES, tiny=args.tiny)
+    path = result_path(args.out, device, "simple_decoder", dtype)
     result = ResultFile(path, {"benchmark": "simple_decoder", "dtype": str(dtype), "num_keypoints": NUM_KEYPOINTS,
                                "cases": {name: list(shape) for name, shape in cases}, "env": environment(device),
                                "columns": COLUMNS})

@@ -10,7 +10,9 @@ attention matmuls are counted (LayerNorm, GELU, softmax, bias, upsampling and Ba
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
+import importlib
 import importlib.metadata
 import json
 import os
@@ -22,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -373,3 +375,94 @@ def interpreter_on_cpu(device) -> bool:
     print("CPU: a tiny shape with the Triton interpreter; the figures only show that the script runs "
           "(GPU figures need a GPU).")
     return True
+
+
+# ---------------------------------------------------------------------------------------------- micro-benchmarks
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+MICRO_COLUMNS = ["case", "batch", "mode", "impl", "ms", "p20", "p80", "speedup", "gb_s"]
+
+
+def micro_parser(description: str, cases: Sequence[str], batches: Sequence[int] = (1, 32)) -> argparse.ArgumentParser:
+    """The flags the ``bench_<op>.py`` micro-benchmarks share; ``batches`` is the CUDA default shown in the help."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--batches", type=int, nargs="+", default=None,
+                        help=f"default: {' '.join(map(str, batches))} (CUDA), 1 (CPU)")
+    parser.add_argument("--cases", nargs="+", choices=sorted(cases), default=sorted(cases))
+    parser.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd", "fwd+bwd"])
+    parser.add_argument("--rep-ms", type=float, default=200.0)
+    parser.add_argument("--out", nargs="?", const="auto", default=None,
+                        help="write JSON (to this path, or with no value under benchmarks/results/)")
+    return parser
+
+
+def micro_settings(args: argparse.Namespace, cases: Dict[str, tuple], cpu_case: Tuple[str, tuple],
+                   batches: Sequence[int] = (1, 32), tiny: bool = False) -> Tuple[torch.device, list, List[int], float,
+                                                                        torch.dtype]:
+    """(device, [(name, shape)], batches, rep_ms, dtype) from :func:`micro_parser`'s flags: the tiny case with
+    short timing on CPU (or with ``tiny``), the chosen cases otherwise. Call it before importing a kernel module
+    (see :func:`interpreter_on_cpu`)."""
+    device = torch.device(args.device)
+    if interpreter_on_cpu(device) or tiny:
+        chosen, batch_list, rep_ms = [cpu_case], args.batches or [1], min(args.rep_ms, 50.0)
+    else:
+        chosen = [(name, cases[name]) for name in args.cases]
+        batch_list, rep_ms = args.batches or list(batches), args.rep_ms
+    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    return device, chosen, batch_list, rep_ms, dtype
+
+
+def result_path(out: Optional[str], device: torch.device, benchmark: str, dtype: torch.dtype) -> Optional[Path]:
+    """``--out``'s file: none without the flag, a dated name under ``benchmarks/results/`` with no value."""
+    if out is None:
+        return None
+    stem = f"{device_slug(device)}_{benchmark}_{str(dtype).split('.')[-1]}_{_dt.date.today().isoformat()}"
+    return RESULTS_DIR / f"{stem}.json" if out == "auto" else Path(out)
+
+
+def fused_op_impls(device: torch.device, reference: Callable, op: str) -> Dict[str, Callable]:
+    """The implementations a fused-op micro-benchmark times: ``unfused`` (the plain-PyTorch ``reference``),
+    ``compile`` (its ``torch.compile``, CUDA only) and ``triton`` (``vitpose_fast.kernels.<op>.<op>``, on CUDA or
+    in the interpreter; imported here, after :func:`interpreter_on_cpu` chose the interpreter)."""
+    impls: Dict[str, Callable] = {"unfused": reference}
+    if device.type == "cuda":
+        impls["compile"] = torch.compile(reference, dynamic=False)
+    if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        impls["triton"] = getattr(importlib.import_module(f"vitpose_fast.kernels.{op}"), op)
+    return impls
+
+
+def time_impls(name: str, batch: int, modes: Sequence[str], impls: Dict[str, Callable],
+               step: Callable[[Callable, str], Callable[[], object]], traffic: Callable[[str], int],
+               device: torch.device, rep_ms: float, baseline: str = "unfused") -> List[Dict[str, object]]:
+    """One :data:`MICRO_COLUMNS` row per (mode, implementation): ``step(fn, mode)`` is the call to time,
+    ``traffic(mode)`` the minimum bytes it moves (for ``gb_s``); ``speedup`` is over ``baseline``."""
+    rows: List[Dict[str, object]] = []
+    for mode in modes:
+        base: Optional[float] = None
+        for impl, fn in impls.items():
+            ms, p20, p80 = do_bench(step(fn, mode), device, rep_ms=rep_ms)
+            base = ms if impl == baseline else base
+            rows.append({"case": name, "batch": batch, "mode": mode, "impl": impl, "ms": ms, "p20": p20,
+                         "p80": p80, "speedup": base / ms if base else None,
+                         "gb_s": traffic(mode) / (ms * 1e-3) / 1e9})
+    return rows
+
+
+def run_micro(argv: Optional[List[str]], description: str, benchmark: str, cases: Dict[str, tuple],
+              cpu_case: Tuple[str, tuple], bench_case: Callable[..., List[Dict[str, object]]]) -> int:
+    """A whole micro-benchmark: flags, every (case, batch) through
+    ``bench_case(name, shape, batch, dtype, device, modes, rep_ms)``, the table, and the JSON with ``--out``."""
+    args = micro_parser(description, cases).parse_args(argv)
+    device, chosen, batches, rep_ms, dtype = micro_settings(args, cases, cpu_case)
+    rows: List[Dict[str, object]] = []
+    for name, shape in chosen:
+        for batch in batches:
+            rows += bench_case(name, shape, batch, dtype, device, args.modes, rep_ms)
+    print(text_table(rows, MICRO_COLUMNS))
+    path = result_path(args.out, device, benchmark, dtype)
+    if path is not None:
+        write_json(path, {"benchmark": benchmark, "dtype": str(dtype), "env": environment(device), "rows": rows})
+        print(f"wrote {path}")
+    return 0

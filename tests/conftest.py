@@ -1,5 +1,5 @@
-"""Test setup: the Triton interpreter on machines without CUDA, seeded RNGs, the gpu/slow markers, and
-NaN-filled allocations in gpu tests.
+"""Test setup: the Triton interpreter on machines without CUDA, seeded RNGs, the gpu/slow markers, NaN-filled
+allocations in gpu tests, and the ``one_thread`` fixture.
 
 TRITON_INTERPRET must be set before any module that defines a @triton.jit kernel is imported, so it is set
 here, at collection time, before the tests import vitpose_fast.
@@ -51,6 +51,16 @@ def _seed(request):
     random.seed(seed)
     request.node.user_properties.append(("seed", seed))
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: several threads make some CPU reductions run-to-run nondeterministic
+    (noise that many optimizer steps amplify past a parity tolerance) and oversubscribe small shared machines."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 NAN_OUTPUT_MARKERS = ("gpu", "nan_outputs")

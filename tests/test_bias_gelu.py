@@ -10,6 +10,8 @@ from vitpose_fast import ops
 from vitpose_fast.kernels import bias_gelu as kernel
 from vitpose_fast.reference.bias_gelu import bias_gelu_ref
 
+from helpers import assert_close_scaled, assert_kernel_within_twice_torch, max_errors
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # fc1 widths are 4C for C in 384, 768, 1024, 1280, 1408; the interpreter sees a few rows of each.
 WIDTHS = [4 * c for c in (384, 768, 1024, 1280, 1408)]
@@ -30,30 +32,21 @@ def _run(fn, a, bias, dy, dtype):
 @pytest.mark.parametrize("width", WIDTHS)
 def test_kernel_matches_reference_fp32(width):
     args = _inputs((3, 7, width))  # 21 rows: not a multiple of the row block
-    for name, a, b in zip(["y", "da", "dbias"], _run(kernel.bias_gelu, *args, torch.float32),
-                          _run(bias_gelu_ref, *args, torch.float32)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * max(1.0, b.abs().max().item()), msg=name)
+    assert_close_scaled(_run(kernel.bias_gelu, *args, torch.float32), _run(bias_gelu_ref, *args, torch.float32),
+                        rtol=1e-5, atol=1e-5, names=["y", "da", "dbias"])
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 13), (5, 3, 33), (70, 20)])
 def test_kernel_odd_shapes_fp32(shape):
     args = _inputs(shape)
-    for a, b in zip(_run(kernel.bias_gelu, *args, torch.float32), _run(bias_gelu_ref, *args, torch.float32)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * max(1.0, b.abs().max().item()))
-
-
-def _errors(fn, args, dtype, oracle):
-    return [(a - b).abs().max().item() for a, b in zip(_run(fn, *args, dtype), oracle)]
+    assert_close_scaled(_run(kernel.bias_gelu, *args, torch.float32), _run(bias_gelu_ref, *args, torch.float32),
+                        rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("width", [1536, 5120])
 def test_kernel_fp16_error_within_twice_torch(width):
-    args = _inputs((2, 5, width))
-    oracle = _run(bias_gelu_ref, *args, torch.float32)
-    kern = _errors(kernel.bias_gelu, args, torch.float16, oracle)
-    pt = _errors(bias_gelu_ref, args, torch.float16, oracle)
-    for i, (k, p) in enumerate(zip(kern, pt)):
-        assert k <= 2 * p + 1e-3 * oracle[i].abs().max().item(), (i, k, p)
+    assert_kernel_within_twice_torch(_run, kernel.bias_gelu, bias_gelu_ref, _inputs((2, 5, width)), torch.float16,
+                                     rel=1e-3)
 
 
 def test_torch_path_bf16_error():
@@ -61,19 +54,15 @@ def test_torch_path_bf16_error():
     args = _inputs((2, 5, 3072))
     oracle = _run(bias_gelu_ref, *args, torch.float32)
     fn = lambda a, b: ops.bias_gelu(a, b, backend="torch")  # noqa: E731
-    for e, o in zip(_errors(fn, args, torch.bfloat16, oracle), oracle):
+    for e, o in zip(max_errors(_run(fn, *args, torch.bfloat16), oracle), oracle):
         assert e <= 0.02 * o.abs().max().item() + 0.02
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("width", WIDTHS)
 def test_kernel_bf16_error_within_twice_torch_gpu(width):
-    args = _inputs((8, 97, width))
-    oracle = _run(bias_gelu_ref, *args, torch.float32)
-    kern = _errors(kernel.bias_gelu, args, torch.bfloat16, oracle)
-    pt = _errors(bias_gelu_ref, args, torch.bfloat16, oracle)
-    for i, (k, p) in enumerate(zip(kern, pt)):
-        assert k <= 2 * p + 1e-2 * oracle[i].abs().max().item(), (i, k, p)
+    assert_kernel_within_twice_torch(_run, kernel.bias_gelu, bias_gelu_ref, _inputs((8, 97, width)),
+                                     torch.bfloat16, rel=1e-2)
 
 
 def test_backward_is_deterministic():

@@ -7,17 +7,13 @@ import torch.nn.functional as F
 from vitpose_fast import Model
 from vitpose_fast.checkpoint import CheckpointError, official_to_hf, hf_to_official, infer_config
 
+from helpers import randomize_weights
+
 TINY = dict(depth=2, embed_dim=64, num_heads=2, res=(64, 48))
 
 
 def _randomize(model):
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.05)
-        for name, b in model.named_buffers():
-            if name.endswith("running_var"):
-                b.uniform_(0.5, 1.5)
-    return model.eval()
+    return randomize_weights(model).eval()
 
 
 def _same_heatmaps(a, b, x, dataset_index=None):

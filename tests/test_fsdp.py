@@ -29,11 +29,8 @@ STEPS = 21  # 7 epochs of 3 iterations; step 10 is mid-epoch (epoch 3, batch 1)
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
     if dist.is_initialized():  # a run that raised inside main() leaves its group of one behind
         dist.destroy_process_group()
 

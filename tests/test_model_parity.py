@@ -12,6 +12,8 @@ from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEst
 
 from vitpose_fast import Model  # noqa: E402
 
+from helpers import randomize_weights  # noqa: E402
+
 BACKENDS = ["reference", "torch", "triton"]
 
 
@@ -22,16 +24,7 @@ def _hf_model(simple: bool, hidden: int, heads: int, depth: int = 2, res=(64, 48
         num_experts=experts, part_features=part or 256, out_indices=[depth], layer_norm_eps=1e-6,
     )
     model = VitPoseForPoseEstimation(VitPoseConfig(backbone_config=bc, use_simple_decoder=simple, num_labels=k))
-    with torch.no_grad():
-        # Larger-than-init weights so that every layer matters for the heatmaps.
-        for p in model.parameters():
-            p.normal_(0, 0.05)
-        for name, b in model.named_buffers():
-            if name.endswith("running_var"):
-                b.uniform_(0.5, 1.5)
-            elif name.endswith("running_mean"):
-                b.normal_(0, 0.1)
-    return model.eval()
+    return randomize_weights(model).eval()
 
 
 def _check(hf, tmp_path, x, dataset_index=None):

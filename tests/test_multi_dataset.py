@@ -31,13 +31,7 @@ from train import train as train_script  # noqa: E402
 
 TINY = dict(depth=2, embed_dim=64, num_heads=2, res=(64, 48), drop_path_rate=0.0)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

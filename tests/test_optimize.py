@@ -12,26 +12,16 @@ from vitpose_fast.config import HeadConfig
 from vitpose_fast.heads import ClassicHead
 
 from fake_cuda import fake_cuda  # noqa: F401  (a fixture: CUDA graphs and streams faked on the CPU)
+from helpers import randomize_weights
 
 TINY = dict(res=(64, 48), embed_dim=32, depth=2, num_heads=2, num_keypoints=5)
-
-
-def _randomize(model):
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.05)
-        for name, b in model.named_buffers():
-            if name.endswith("running_var"):
-                b.uniform_(0.5, 1.5)
-            elif name.endswith("running_mean"):
-                b.normal_(0, 0.1)
-    return model
 
 
 # --------------------------------------------------------------------------------------------------------------
 # folded head
 def test_folded_head_equals_batchnorm_eval():
-    head = _randomize(ClassicHead(48, HeadConfig(kind="classic", num_keypoints=7, deconv_channels=(24, 16)))).eval()
+    head = ClassicHead(48, HeadConfig(kind="classic", num_keypoints=7, deconv_channels=(24, 16)))
+    randomize_weights(head).eval()
     with torch.no_grad():
         for m in head.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -52,7 +42,7 @@ def test_folded_head_equals_batchnorm_eval():
 
 
 def test_folded_head_trains_with_batchnorm():
-    head = _randomize(ClassicHead(16, HeadConfig(kind="classic", num_keypoints=3, deconv_channels=(8, 8))))
+    head = randomize_weights(ClassicHead(16, HeadConfig(kind="classic", num_keypoints=3, deconv_channels=(8, 8))))
     head.fold_batchnorm = True
     head.train()
     x = torch.randn(4, 16, 3, 3)
@@ -68,7 +58,7 @@ def test_folded_head_trains_with_batchnorm():
 # optimize() on CPU
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 0.05)])
 def test_optimize_matches_eager(dtype, tol):
-    model = _randomize(Model.from_config("vitpose_s", decoder="classic", backend="torch", **TINY)).eval()
+    model = randomize_weights(Model.from_config("vitpose_s", decoder="classic", backend="torch", **TINY)).eval()
     x = torch.randn(3, 3, 64, 48)
     with torch.no_grad():
         ref = model(x)
@@ -97,7 +87,7 @@ def test_fake_graph_replays_recorded_ops(fake_cuda):
 
 @pytest.mark.parametrize("decoder", ["classic", "simple"])
 def test_cuda_graph_logic_never_returns_stale_outputs(fake_cuda, decoder):
-    model = _randomize(Model.from_config("vitpose_s", decoder=decoder, backend="torch", **TINY)).eval()
+    model = randomize_weights(Model.from_config("vitpose_s", decoder=decoder, backend="torch", **TINY)).eval()
     eager = lambda x: model._forward_eager(x)  # noqa: E731  (same weights, no graphs)
     model.optimize(batch_size=2, dtype=torch.float32)
     assert model._optimized.graphs is not None
@@ -134,7 +124,7 @@ def test_cuda_graph_logic_never_returns_stale_outputs(fake_cuda, decoder):
 
 
 def test_cuda_graph_sizes_beyond_the_limit_run_padded(fake_cuda):
-    model = _randomize(Model.from_config("vitpose_s", decoder="simple", backend="torch", **TINY)).eval()
+    model = randomize_weights(Model.from_config("vitpose_s", decoder="simple", backend="torch", **TINY)).eval()
     model.optimize(batch_size=4, dtype=torch.float32)
     model._optimized.graphs.max_graphs = 2
     x = torch.randn(4, 3, 64, 48)
@@ -151,8 +141,8 @@ def test_cuda_graph_sizes_beyond_the_limit_run_padded(fake_cuda):
 @pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
 def test_compile_fullgraph_every_backend(backend):
     torch._dynamo.reset()
-    model = _randomize(Model.from_config("vitpose_s", decoder="classic", backend=backend,
-                                         **dict(TINY, depth=1))).eval()
+    model = randomize_weights(Model.from_config("vitpose_s", decoder="classic", backend=backend,
+                                                **dict(TINY, depth=1))).eval()
     x = torch.randn(1, 3, 64, 48)
     with torch.no_grad():
         want = model(x)
@@ -163,8 +153,8 @@ def test_compile_fullgraph_every_backend(backend):
 def test_cuda_graphs_per_dataset_index(fake_cuda):
     # ViTPose+: the expert is part of the captured graph, so each int dataset index gets its own graph; a
     # per-sample index tensor runs eagerly.
-    model = _randomize(Model.from_config("vitpose_s", decoder="simple", backend="torch", num_experts=3, part_features=8,
-                                         **TINY)).eval()
+    model = randomize_weights(Model.from_config("vitpose_s", decoder="simple", backend="torch", num_experts=3,
+                                                part_features=8, **TINY)).eval()
     model.optimize(batch_size=2, dtype=torch.float32)
     x = torch.randn(2, 3, 64, 48)
     with torch.no_grad():

@@ -12,6 +12,8 @@ from vitpose_fast import Model, ops
 from vitpose_fast.kernels import residual_layer_norm as kernel
 from vitpose_fast.reference.residual_layer_norm import residual_layer_norm_ref
 
+from helpers import assert_close_scaled, assert_kernel_within_twice_torch, max_errors
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 WIDTHS = [384, 768, 1024, 1280, 1408]
 
@@ -45,8 +47,8 @@ def test_kernel_matches_reference_fp32(width):
     args = _inputs((3, 13, width))
     got = _run(kernel.residual_layer_norm, *args, torch.float32)
     want = _run(residual_layer_norm_ref, *args, torch.float32)
-    for name, a, b in zip(["s", "h", "dx", "dbranch", "dbias", "dweight", "dln_bias"], got, want):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-5 * max(1.0, b.abs().max().item()), msg=name)
+    names = ["s", "h", "dx", "dbranch", "dbias", "dweight", "dln_bias"]
+    assert_close_scaled(got, want, rtol=1e-5, atol=2e-5, names=names)
 
 
 @pytest.mark.parametrize("shape,broadcast,bias,use_s", [
@@ -58,22 +60,13 @@ def test_kernel_edge_cases_fp32(shape, broadcast, bias, use_s):
     args = _inputs(shape, broadcast, bias)
     got = _run(kernel.residual_layer_norm, *args, torch.float32, use_s=use_s)
     want = _run(residual_layer_norm_ref, *args, torch.float32, use_s=use_s)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-5 * max(1.0, b.abs().max().item()))
-
-
-def _err(vals, refs):
-    return [(a - b).abs().max().item() for a, b in zip(vals, refs)]
+    assert_close_scaled(got, want, rtol=1e-5, atol=2e-5)
 
 
 @pytest.mark.parametrize("width", [384, 1280])
 def test_kernel_fp16_error_within_twice_torch(width):
-    args = _inputs((2, 9, width))
-    oracle = _run(residual_layer_norm_ref, *args, torch.float32)
-    kern = _err(_run(kernel.residual_layer_norm, *args, torch.float16), oracle)
-    pt = _err(_run(residual_layer_norm_ref, *args, torch.float16), oracle)
-    for i, (k, p) in enumerate(zip(kern, pt)):
-        assert k <= 2 * p + 1e-3 * oracle[i].abs().max().item(), (i, k, p)
+    assert_kernel_within_twice_torch(_run, kernel.residual_layer_norm, residual_layer_norm_ref,
+                                     _inputs((2, 9, width)), torch.float16, rel=1e-3)
 
 
 @pytest.mark.parametrize("width", [768, 1408])
@@ -83,7 +76,7 @@ def test_torch_path_bf16_error(width):
     args = _inputs((2, 9, width))
     oracle = _run(residual_layer_norm_ref, *args, torch.float32)
     fn = lambda *a: ops.residual_layer_norm(*a, backend="torch")  # noqa: E731
-    got = _err(_run(fn, *args, torch.bfloat16), oracle)
+    got = max_errors(_run(fn, *args, torch.bfloat16), oracle)
     for e, o in zip(got, oracle):
         assert e <= 0.05 * o.abs().max().item() + 0.05
 
@@ -91,12 +84,8 @@ def test_torch_path_bf16_error(width):
 @pytest.mark.gpu
 @pytest.mark.parametrize("width", WIDTHS)
 def test_kernel_bf16_error_within_twice_torch_gpu(width):
-    args = _inputs((4, 97, width))
-    oracle = _run(residual_layer_norm_ref, *args, torch.float32)
-    kern = _err(_run(kernel.residual_layer_norm, *args, torch.bfloat16), oracle)
-    pt = _err(_run(residual_layer_norm_ref, *args, torch.bfloat16), oracle)
-    for i, (k, p) in enumerate(zip(kern, pt)):
-        assert k <= 2 * p + 1e-2 * oracle[i].abs().max().item(), (i, k, p)
+    assert_kernel_within_twice_torch(_run, kernel.residual_layer_norm, residual_layer_norm_ref,
+                                     _inputs((4, 97, width)), torch.bfloat16, rel=1e-2)
 
 
 def test_kernel_mixed_dtypes_fp32_residual_half_branch():

@@ -19,6 +19,8 @@ from train import train as train_script  # noqa: E402
 
 TRAIN_PY = str(REPO / "train" / "train.py")
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
@@ -27,14 +29,6 @@ def synth(tmp_path_factory):
     # ~30 train persons -> 3 iterations of 8 per epoch; small images keep decoding cheap.
     return make_synthetic_coco(tmp_path_factory.mktemp("synth"), {"train2017": 14, "val2017": 4}, seed=1,
                                image_size=(160, 120))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _common(synth, out):

@@ -26,15 +26,7 @@ from vitpose_fast.training import (
     save_checkpoint,
 )
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Intra-op threads make some CPU reductions run-to-run nondeterministic (noise that 50 Adam steps amplify
-    # past the parity tolerance) and oversubscribe small shared machines.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 COCO_FLIP_PAIRS = [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)]
 
