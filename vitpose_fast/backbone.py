@@ -196,6 +196,10 @@ def _linear_split(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     return F.linear(x, weight, bias), None
 
 
+def _add_branch(x: torch.Tensor, branch: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    return x + (branch if bias is None else branch + bias.to(branch.dtype))
+
+
 def _index_tensor(dataset_index: DatasetIndex, x: torch.Tensor) -> torch.Tensor:
     if isinstance(dataset_index, int):
         return torch.full((x.shape[0],), dataset_index, device=x.device, dtype=torch.long)
@@ -218,26 +222,48 @@ class Block(nn.Module):
         else:
             self.mlp = Mlp(dim, cfg.mlp_hidden)
 
-    def forward(self, x: torch.Tensor, grid: Tuple[int, int], dataset_index: DatasetIndex, backend: str):
-        x = x + self.drop_path(self.attn(self.norm1(x), grid, backend))
-        return x + self.drop_path(self.mlp(self.norm2(x), dataset_index, backend))
-
-    def forward_fused(self, x: torch.Tensor, h: torch.Tensor, grid: Tuple[int, int], dataset_index: DatasetIndex,
-                      backend: str, next_norm: nn.LayerNorm) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The same block on (x, h = norm1(x)) -> (x_out, next_norm(x_out)): each residual add is fused with the
-        LayerNorm after it (and with the proj / fc2 bias where the backend fuses it), see
-        :func:`vitpose_fast.ops.residual_layer_norm`."""
+    def forward(self, x: torch.Tensor, grid: Tuple[int, int], dataset_index: DatasetIndex, backend: str,
+                pending: Optional[BranchOut] = None) -> Tuple[torch.Tensor, Optional[BranchOut]]:
+        """(x, pending) -> (x_out, pending_out). ``pending``: a branch (and its Linear bias) still to be added to x,
+        which the fused backends add inside this block's norm1 (:func:`vitpose_fast.ops.residual_layer_norm`);
+        likewise the attention branch is added inside norm2, and the MLP branch is returned for the next block's
+        norm1 (or the backbone's last_norm). Every parameter a block uses is its own, so wrappers of the block's
+        forward (FSDP2 per-block sharding, activation checkpointing, hooks) see all of its work. The
+        ``reference`` backend runs the plain pre-norm block and returns no pending branch."""
+        if backend == "reference":
+            if pending is not None:
+                x = _add_branch(x, *pending)
+            x = x + self.drop_path(self.attn(self.norm1(x), grid, backend))
+            return x + self.drop_path(self.mlp(self.norm2(x), dataset_index, backend)), None
+        if pending is None:
+            h = ops.layer_norm(x, self.norm1.weight, self.norm1.bias, self.norm1.eps)
+        else:
+            x, h = ops.residual_layer_norm(x, *pending, self.norm1.weight, self.norm1.bias, self.norm1.eps, backend)
         a = _linear_split(self.attn.mix(h, grid, backend), self.attn.proj.weight, self.attn.proj.bias, backend)
         a, a_bias = self._dropped(*a)
         x, h = ops.residual_layer_norm(x, a, a_bias, self.norm2.weight, self.norm2.bias, self.norm2.eps, backend)
-        m, m_bias = self._dropped(*self.mlp.forward_split(h, dataset_index, backend))
-        return ops.residual_layer_norm(x, m, m_bias, next_norm.weight, next_norm.bias, next_norm.eps, backend)
+        return x, self._dropped(*self.mlp.forward_split(h, dataset_index, backend))
 
     def _dropped(self, branch: torch.Tensor, bias: Optional[torch.Tensor]) -> BranchOut:
         # Stochastic depth drops the whole branch, its bias included: add the bias before masking.
         if self.drop_path.p == 0.0 or not self.training:
             return branch, bias
         return self.drop_path(branch if bias is None else branch + bias.to(branch.dtype)), None
+
+
+def run_blocks(blocks, x: torch.Tensor, grid: Tuple[int, int], dataset_index: DatasetIndex, backend: str,
+               norm: nn.LayerNorm, pending: Optional[BranchOut] = None, checkpointing: bool = False) -> torch.Tensor:
+    """``norm(blocks(x + pending))``: the blocks in turn, each block's last branch fused into the next LayerNorm
+    (see :meth:`Block.forward`), ``checkpointing`` recomputing each block in backward."""
+    for blk in blocks:
+        if checkpointing:
+            x, pending = torch.utils.checkpoint.checkpoint(blk, x, grid, dataset_index, backend, pending,
+                                                           use_reentrant=False)
+        else:
+            x, pending = blk(x, grid, dataset_index, backend, pending)
+    if pending is None:
+        return norm(x)
+    return ops.residual_layer_norm(x, *pending, norm.weight, norm.bias, norm.eps, backend)[1]
 
 
 class Backbone(nn.Module):
@@ -281,41 +307,25 @@ class Backbone(nn.Module):
     def forward_tokens(
         self, x: torch.Tensor, dataset_index: DatasetIndex = None, backend: str = "torch"
     ) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """pixels -> (grid tokens after last_norm [B, N, C], grid). Fused backends add every residual inside the
+        LayerNorm after it: the position embedding into the first norm1, each block's branches into its norm2
+        and the next block's norm1, the last into last_norm (a per-token op, so the knowledge tokens' rows are
+        normalised and then dropped)."""
         x, grid = self.patch_embed(x)
-        if backend != "reference":
-            return self._forward_fused(x, grid, dataset_index, backend), grid
-        # The cls slot's embedding is added to every patch token (official; a no-op for MAE sin-cos tables).
-        x = x + self.pos_embed[:, 1:] + self.pos_embed[:, :1]
         n_grid = x.shape[1]
+        pending: Optional[BranchOut] = None
+        if backend == "reference":
+            # The cls slot's embedding is added to every patch token (official; a no-op for MAE sin-cos tables).
+            x = x + self.pos_embed[:, 1:] + self.pos_embed[:, :1]
+        elif self.knowledge_token is None:
+            pending = (self.pos_embed[:, 1:] + self.pos_embed[:, :1], None)
+        else:
+            x = x + (self.pos_embed[:, 1:] + self.pos_embed[:, :1])
         if self.knowledge_token is not None:
             x = torch.cat([x, self.knowledge_token.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
-        for blk in self.blocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(blk, x, grid, dataset_index, backend, use_reentrant=False)
-            else:
-                x = blk(x, grid, dataset_index, backend)
-        return self.last_norm(x[:, :n_grid]), grid
-
-    def _forward_fused(self, x: torch.Tensor, grid: Tuple[int, int], dataset_index: DatasetIndex,
-                       backend: str) -> torch.Tensor:
-        """forward_tokens' blocks with every residual add fused into the LayerNorm after it: the position
-        embedding into the first norm1, each block's adds into its norm2 and the next norm1, the last into
-        last_norm (a per-token op, so the knowledge tokens' rows are normalised and then dropped)."""
-        norms = [blk.norm1 for blk in self.blocks] + [self.last_norm]
-        pos = self.pos_embed[:, 1:] + self.pos_embed[:, :1]
-        n_grid = x.shape[1]
-        if self.knowledge_token is None:
-            x, h = ops.residual_layer_norm(x, pos, None, norms[0].weight, norms[0].bias, norms[0].eps, backend)
-        else:
-            x = torch.cat([x + pos, self.knowledge_token.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
-            h = ops.layer_norm(x, norms[0].weight, norms[0].bias, norms[0].eps)
-        for i, blk in enumerate(self.blocks):
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x, h = torch.utils.checkpoint.checkpoint(blk.forward_fused, x, h, grid, dataset_index, backend,
-                                                         norms[i + 1], use_reentrant=False)
-            else:
-                x, h = blk.forward_fused(x, h, grid, dataset_index, backend, norms[i + 1])
-        return h[:, :n_grid]
+        checkpointing = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        x = run_blocks(self.blocks, x, grid, dataset_index, backend, self.last_norm, pending, checkpointing)
+        return x[:, :n_grid], grid
 
     def forward(self, x: torch.Tensor, dataset_index: DatasetIndex = None, backend: str = "torch") -> torch.Tensor:
         tokens, (hp, wp) = self.forward_tokens(x, dataset_index, backend)

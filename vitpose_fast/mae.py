@@ -41,10 +41,9 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint
 
 from . import ops
-from .backbone import Backbone, Block
+from .backbone import Backbone, Block, run_blocks
 from .checkpoint import FORMAT, CheckpointError, load_into, read_checkpoint
 from .config import GLOBAL, AttentionSpec, BackboneConfig, HeadConfig, ModelConfig
 
@@ -227,12 +226,9 @@ class MAE(nn.Module):
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         x, mask, ids_restore = random_masking(x, ratio, noise)
         vgrid = (1, x.shape[1])  # global attention only checks the token count
-        for blk in bb.blocks:
-            if bb.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(blk, x, vgrid, None, backend, use_reentrant=False)
-            else:
-                x = blk(x, vgrid, None, backend)
-        return bb.last_norm(x), mask, ids_restore
+        checkpointing = bb.grad_checkpointing and self.training and torch.is_grad_enabled()
+        return run_blocks(bb.blocks, x, vgrid, None, backend, bb.last_norm, checkpointing=checkpointing), mask, \
+            ids_restore
 
     def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Visible tokens [B, Nv, C] -> predicted patches [B, N, 16 * 16 * 3] in grid order."""
@@ -243,9 +239,7 @@ class MAE(nn.Module):
         x = torch.cat([x, self.mask_token.to(x.dtype).expand(b, n - nv, cd)], dim=1)
         x = torch.gather(x, 1, ids_restore[..., None].expand(-1, -1, cd))
         x = x + self.decoder_pos_embed
-        for blk in self.decoder_blocks:
-            x = blk(x, self.config.grid, None, backend)
-        return self.decoder_pred(self.decoder_norm(x))
+        return self.decoder_pred(run_blocks(self.decoder_blocks, x, self.config.grid, None, backend, self.decoder_norm))
 
     def target(self, imgs: torch.Tensor) -> torch.Tensor:
         """Reconstruction targets [B, N, 768] float32 (per-patch normalised when ``norm_pix_loss``)."""
