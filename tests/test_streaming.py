@@ -133,3 +133,12 @@ def test_image_modes_and_orientation(tmp_path):
     exif[0x0112] = 6
     im.save(tmp_path / "rot.png", exif=exif.tobytes())
     np.testing.assert_array_equal(pipeline.load_image(tmp_path / "rot.png"), np.rot90(rgb, k=-1))
+
+
+def test_model_predict_iter_method(tiny):
+    img, boxes = _scene(3, seed=2)
+    (r,) = list(tiny.predict_iter([(img, boxes, "x")], flip_test=False))
+    ref = pipeline.predict(tiny, img, boxes, flip_test=False)
+    assert r.meta == "x"
+    np.testing.assert_array_equal(np.stack([p["keypoints"] for p in r.persons]),
+                                  np.stack([p["keypoints"] for p in ref]))

@@ -222,3 +222,11 @@ class Model(nn.Module):
 
         return predict(self, images, boxes=boxes, box_format=box_format, flip_test=flip_test, decode=decode,
                        batch_size=batch_size, **kwargs)
+
+    def predict_iter(self, items, **kwargs):
+        """Streaming top-down inference over any iterable of ``image`` / ``(image, boxes[, meta])``: one
+        :class:`~vitpose_fast.pipeline.ImageResult` per item as it is ready, memory bounded by ``batch_size``.
+        See :func:`vitpose_fast.pipeline.predict_iter`."""
+        from .pipeline import predict_iter
+
+        return predict_iter(self, items, **kwargs)
