@@ -1,7 +1,7 @@
 """Streaming inference: memory bounded by the batch, chunked == unchunked, per-image results in order, bad
 images skipped or raised, and image files in every colour mode / orientation read correctly."""
 
-import threading
+import time
 
 import numpy as np
 import pytest
@@ -88,10 +88,9 @@ def test_results_arrive_before_the_input_ends(tiny):
     assert first.meta == 0 and len(first.persons) == 4
     assert len(produced) < 20  # decoding runs only a few images ahead
     it.close()  # stops the decoding thread
-    for t in threading.enumerate():
-        if t.daemon and t is not threading.current_thread():
-            t.join(timeout=2)
+    time.sleep(0.5)  # the thread notices within 0.1 s
     n = len(produced)
+    time.sleep(0.3)
     assert len(produced) == n < 100
 
 
