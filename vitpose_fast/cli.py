@@ -187,11 +187,9 @@ def _report_matching(dets: List[dict], unmatched: List[dict], n_images: int, wit
 def _resolve_dataset(model, args):
     """The DatasetInfo for ``--dataset`` (checked against the head) or the head's own; None if unknown."""
     from .datasets import get_dataset
-    from .pipeline import head_dataset
+    from .pipeline import head_dataset, head_num_keypoints
 
-    k = model.config.head.num_keypoints
-    if args.dataset_index and model.config.extra_heads and args.dataset_index <= len(model.config.extra_heads):
-        k = model.config.extra_heads[args.dataset_index - 1]
+    k = head_num_keypoints(model, args.dataset_index)
     if args.dataset is None:
         return head_dataset(model, args.dataset_index), k
     info = get_dataset(args.dataset)

@@ -156,14 +156,21 @@ def prepare_boxes(
     return np.ascontiguousarray(xyxy), scores
 
 
+def head_num_keypoints(model: torch.nn.Module, dataset_index: Optional[int] = None) -> int:
+    """Keypoints of the head that ``dataset_index`` selects (indices without a head of their own use the
+    first, as :meth:`vitpose_fast.Model.head_for`)."""
+    extra = model.config.extra_heads
+    if dataset_index and extra and dataset_index <= len(extra):
+        return extra[dataset_index - 1]
+    return model.config.head.num_keypoints
+
+
 def head_dataset(model: torch.nn.Module, dataset_index: Optional[int] = None):
     """The :class:`~vitpose_fast.datasets.DatasetInfo` whose keypoints the selected head predicts: the ViTPose+
     dataset of ``dataset_index`` when the keypoint counts agree, else COCO for 17 keypoints; None when unknown."""
     from .datasets import COCO, VITPOSE_PLUS_DATASETS
 
-    k = model.config.head.num_keypoints
-    if dataset_index and model.config.extra_heads and dataset_index <= len(model.config.extra_heads):
-        k = model.config.extra_heads[dataset_index - 1]
+    k = head_num_keypoints(model, dataset_index)
     if dataset_index and dataset_index < len(VITPOSE_PLUS_DATASETS):
         if VITPOSE_PLUS_DATASETS[dataset_index].num_keypoints == k:
             return VITPOSE_PLUS_DATASETS[dataset_index]
@@ -184,7 +191,7 @@ def _flip_pairs(model: torch.nn.Module, dataset: Any, dataset_index: Optional[in
         return info.flip_pairs
     raise ValueError(
         f"flip test needs the keypoints' left/right pairs: pass dataset= (a name or DatasetInfo) for this "
-        f"{model.config.head.num_keypoints}-keypoint head, or flip_test=False"
+        f"{head_num_keypoints(model, dataset_index)}-keypoint head, or flip_test=False"
     )
 
 
