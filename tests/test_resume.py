@@ -55,8 +55,9 @@ def test_bad_resume_files_are_named(tmp_path):
 
 
 def test_layout_change_refused_unless_allowed(tmp_path):
-    state = {"world_size": 2, "batch_size": 16, "rng": [{}, {}], "epoch": 3, "batch_in_epoch": 10, "step": 310}
+    state = {"world_size": 2, "global_batch": 32, "rng": [{}, {}], "epoch": 3, "batch_in_epoch": 10, "step": 310}
     assert not check_resume_layout(state, "last.pth", 2, 16, False)
+    assert not check_resume_layout(state, "last.pth", 1, 32, False)  # the process count alone may change
     with pytest.raises(ValueError, match=r"2 process\(es\) x batch 16 \(global batch 32\).*1 x 16.*--allow-resume"):
         check_resume_layout(state, "last.pth", 1, 16, False)
     with pytest.raises(ValueError, match="global 64"):
@@ -115,7 +116,7 @@ def test_save_every_resume_metrics_and_batch_change(synth, tmp_path, monkeypatch
     train_script.main(_argv(synth, out, "--save-every", "2", "--max-steps", "5"))  # 3 iterations per epoch
     assert saved == [(2, 0, 2), (4, 1, 1), (5, 1, 2)]
     ck = torch.load(tmp_path / "step4.pth", weights_only=True)
-    assert (ck["world_size"], ck["batch_size"]) == (1, 8)
+    assert (ck["world_size"], ck["global_batch"]) == (1, 8)
     # Killed after step 5, step 4 being the last checkpoint: resuming in the same folder rewrites step 5.
     train_script.main(_argv(synth, out, "--resume", tmp_path / "step4.pth"))
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -128,4 +129,4 @@ def test_save_every_resume_metrics_and_batch_change(synth, tmp_path, monkeypatch
     # Epoch 1 with 8 of its samples seen = batch 2 of 7 at batch 4 -> step 7 + 2 = 9; one more step to 10.
     assert summary["step"] == 10
     ck = torch.load(tmp_path / "b4" / "last.pth", weights_only=True)
-    assert (ck["epoch"], ck["batch_in_epoch"], ck["batch_size"]) == (1, 3, 4)
+    assert (ck["epoch"], ck["batch_in_epoch"], ck["global_batch"]) == (1, 3, 4)

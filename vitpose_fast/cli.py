@@ -6,12 +6,19 @@
     an interrupted run keeps what it finished. Without ``--boxes`` each image is ONE person whose box is the
     whole image. Detections are matched to images by ``file_name`` when they carry one, else by ``image_id``:
     the ids of ``--ann``'s images (by file name), else the number in the file name (``000123.jpg`` -> 123).
+``vitpose-fast predict --weights W IMAGE_OR_DIR... --detector SPEC --out preds.json``
+    ``--detector module:callable`` or ``yolo:PATH.pt`` finds the persons of each image as it is decoded
+    (:mod:`vitpose_fast.detectors`), instead of ``--boxes``.
+``vitpose-fast predict --weights W CLIP.mp4 [--detector SPEC | --boxes PER_FRAME.json] --out poses.jsonl [--vis out.mp4]``
+    A video file, webcam index or stream URL: one JSON line per frame (:mod:`vitpose_fast.video`).
+``vitpose-fast export --onnx OUT.onnx --weights W [--res HxW] [--dataset-index I] [--check]``
+    ONNX export of the plain-PyTorch path (:mod:`vitpose_fast.onnx_export`).
 ``vitpose-fast eval --weights W --ann ANN.json --images DIR [--dets DETS.json] [--no-flip]``
     The official COCO top-down evaluation: GT boxes (official clean-up: clipped, ``w - 1``) or detections,
     flip test, rescoring, OKS-NMS, ``COCOeval``; prints the AP table (fractions, as training logs them).
 
 ``--weights`` is anything :meth:`vitpose_fast.Model.from_pretrained` loads (our checkpoints, official ``.pth``,
-Hugging Face folders); ``--model PRESET`` instead builds that preset and loads the weights into it strictly.
+Hugging Face folders, Hub ids); ``--model PRESET`` instead builds that preset and loads the weights into it strictly.
 ``--dataset NAME`` sets the keypoint metadata (flip pairs, skeleton, OKS sigmas); by default the head's dataset.
 
 Nothing is dropped silently: detections that match no image and images without detections are counted,
@@ -199,9 +206,9 @@ def _resolve_dataset(model, args):
     return info, k
 
 
-def _stream(model, items, args, info, total: int, desc: str) -> Iterator[Any]:
-    """predict_iter over ``items`` with a per-person progress bar; unreadable images are reported (or fatal with
-    --strict). Yields ImageResults; ``failures`` collects the failed ones."""
+def _stream(model, items, args, info, total: Optional[int], desc: str, detector=None) -> Iterator[Any]:
+    """predict_iter over ``items`` (with ``detector``: each image's boxes found by it) with a per-person progress
+    bar; unreadable images are reported (or fatal with --strict). Yields ImageResults."""
     from .pipeline import predict_iter
 
     with tqdm(total=total, unit="person", desc=desc, file=sys.stderr, disable=args.quiet) as bar:
@@ -209,6 +216,7 @@ def _stream(model, items, args, info, total: int, desc: str) -> Iterator[Any]:
             model, items, box_format="xywh", flip_test=not args.no_flip, decode=args.decode,
             batch_size=args.batch_size, dataset_index=args.dataset_index, dataset=info,
             on_error="raise" if args.strict else "skip", progress=bar.update,
+            detector=detector, det_thr=getattr(args, "det_thr", 0.3), det_classes=getattr(args, "det_classes", None),
         )
         try:
             for result in stream:
@@ -269,15 +277,30 @@ def _load_ann_images(path: str) -> List[dict]:
         raise _fail(f"cannot read the images of annotation file {path}: {exc!r}") from None
 
 
+def _detector(args):
+    from .detectors import load_detector
+
+    try:
+        return load_detector(args.detector, device=args.device)
+    except (ImportError, ValueError) as e:
+        raise SystemExit(f"vitpose-fast: {e}") from e
+
+
 def cmd_predict(args) -> int:
+    from .video import cmd_predict_video, is_video_source
     from .visualize import save_poses
 
+    if len(args.images) == 1 and is_video_source(args.images[0]):
+        return cmd_predict_video(args)
+    if args.boxes and args.detector:
+        raise _fail("pass either --boxes or --detector, not both")
     _check_output_file(args.out, "--out")
     if args.vis:
         _check_output_dir(args.vis, "--vis")
     paths = _collect_images(args.images)
     ids = _image_ids(paths, _load_ann_images(args.ann) if args.ann else None)
     names = [p.name for p in paths]
+    detector = None
     if args.boxes:
         dets, skipped = _read_dets(args.boxes, args.box_thr)
         if skipped:
@@ -291,6 +314,10 @@ def cmd_predict(args) -> int:
         _report_matching(dets, unmatched, len(paths), len(paths) - len(boxes), args.boxes)
         per_image = [boxes.get(k, np.zeros((0, 5))) for k in range(len(paths))]
         total = sum(len(b) for b in per_image)
+    elif args.detector:
+        detector = _detector(args)
+        per_image = [None] * len(paths)
+        total = None  # persons: known once detected
     else:
         _warn("no --boxes given: each image is one person whose box is the whole image")
         per_image = [None] * len(paths)
@@ -305,7 +332,7 @@ def cmd_predict(args) -> int:
     writer = JsonListWriter(args.out)
     failed: List[str] = []
     try:
-        for r in _stream(model, items, args, info, total, "predict"):
+        for r in _stream(model, items, args, info, total, "predict", detector):
             if r.error is not None:
                 failed.append(str(paths[r.meta]))
                 continue
@@ -417,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitpose-fast", description="ViTPose top-down inference and evaluation")
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--weights", required=True, help="checkpoint file or Hugging Face folder")
+    common.add_argument("--weights", required=True, help="checkpoint file, Hugging Face folder or Hub id (org/name)")
     common.add_argument("--model", choices=PRESET_NAMES, help="build this preset and load the weights into it")
     common.add_argument("--device", default=_default_device(), help="torch device (default: cuda if available)")
     common.add_argument("--batch-size", type=int, default=64,
@@ -431,16 +458,26 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "report it, skip it, exit with status 1)")
     common.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("predict", parents=[common], help="keypoints for images (COCO results json)")
-    p.add_argument("images", nargs="+", help="image files or folders")
+    p = sub.add_parser("predict", parents=[common], help="keypoints for images (COCO results json) or a video")
+    p.add_argument("images", nargs="+", help="image files or folders; or one video file, stream URL or webcam index")
     p.add_argument("--boxes", help="COCO detection results json, matched by file_name or image_id (without it "
-                                   "each image is one person whose box is the whole image)")
+                                   "each image is one person whose box is the whole image); for a video, per-frame boxes json "
+                   "(see vitpose_fast.video.load_frame_boxes)")
     p.add_argument("--ann", help="COCO json whose images give the image ids (by file name); default: the "
                                  "number in each file name")
     p.add_argument("--box-thr", type=float, default=0.0, help="minimum detection score")
-    p.add_argument("--out", required=True, help="output json (valid after every finished image)")
-    p.add_argument("--vis", help="folder for skeleton PNGs")
+    p.add_argument("--out", required=True, help="output json (valid after every finished image; for a video: JSON "
+                                               "lines, one per frame)")
+    p.add_argument("--vis", help="folder for skeleton PNGs (for a video: the annotated video file, "
+                                   ".mp4/.avi)")
+    p.add_argument("--frames-per-batch", type=int, default=8, help="video frames per detector call")
+    p.add_argument("--max-frames", type=int, default=None, help="stop a video or stream after this many frames")
     p.add_argument("--kpt-thr", type=float, default=0.3, help="minimum keypoint score drawn")
+    p.add_argument("--detector", help="person detector: module:callable (image -> (boxes_xyxy, scores[, labels])) "
+                   "or yolo:PATH.pt (Ultralytics, installed separately)")
+    p.add_argument("--det-thr", type=float, default=0.3, help="minimum detector score (official demo: 0.3)")
+    p.add_argument("--det-classes", type=lambda v: [int(c) for c in v.split(",")], default=None,
+                   help="detector labels kept, comma-separated (default: all; yolo: keeps persons)")
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("eval", parents=[common], help="COCO keypoint AP on an annotated image set")
@@ -452,7 +489,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warn about (instead of refusing) detections of images not in --ann")
     e.add_argument("--out", help="also write the final (rescored, NMS'd) results json")
     e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="export the model to ONNX (plain-PyTorch path, dynamic batch)")
+    x.add_argument("--onnx", required=True, help="output .onnx file")
+    x.add_argument("--weights", required=True, help="checkpoint file, Hugging Face folder or Hub id")
+    x.add_argument("--model", choices=PRESET_NAMES, help="build this preset and load the weights into it")
+    x.add_argument("--res", help="input HxW (e.g. 384x288; the position embedding is resized)")
+    x.add_argument("--dataset-index", type=int, default=None, help="ViTPose+: the dataset fixed in the graph")
+    x.add_argument("--batch", type=int, default=None, help="fixed batch size (default: dynamic)")
+    x.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
+    x.add_argument("--check", action="store_true", help="compare with PyTorch in ONNX Runtime (batch 1 and 3)")
+    x.set_defaults(func=_cmd_export, batch_size=1)
     return parser
+
+
+def _cmd_export(args) -> int:
+    from .onnx_export import cmd_export
+
+    return cmd_export(args)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -311,6 +311,9 @@ def predict_iter(
     on_error: str = "raise",
     prefetch: int = 4,
     progress: Optional[Callable[[int], None]] = None,
+    detector: Optional[Callable] = None,
+    det_thr: float = 0.3,
+    det_classes: Optional[Sequence[int]] = None,
 ) -> Iterator[ImageResult]:
     """Streaming top-down pose estimation: yields one :class:`ImageResult` per input item, in order.
 
@@ -324,6 +327,10 @@ def predict_iter(
             ``"skip"`` yields it as an :class:`ImageResult` with ``error`` set and goes on.
         prefetch: images decoded ahead of the model on the background thread.
         progress: called with the number of persons finished after every chunk.
+        detector: a person detector (:mod:`vitpose_fast.detectors`) run on each decoded image, on the decoding
+            thread, in place of the items' boxes (which must then be None); its xyxy boxes with score >=
+            ``det_thr`` and, with ``det_classes``, one of those labels are the image's boxes. A detector error
+            always stops the run (``on_error`` covers unreadable images and bad box arrays).
         The other arguments are :func:`predict`'s.
 
     Peak memory: ``batch_size`` crops, their heatmaps and decoding buffers, the images with boxes in the
@@ -337,6 +344,10 @@ def predict_iter(
         raise ValueError(f"box_format must be 'xyxy' or 'xywh', got {box_format!r}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if detector is not None:
+        from .detectors import check_detector, detect_image
+
+        check_detector(detector)
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     in_h, in_w = model.config.backbone.img_size
@@ -352,7 +363,16 @@ def predict_iter(
         entry = _Entry(i, meta)
         try:
             arr = _to_rgb_array(image, where)
-            entry.xyxy, entry.scores = prepare_boxes(boxes, arr.shape[1], arr.shape[0], box_format, where)
+        except Exception as exc:
+            entry.error = exc
+            return entry
+        fmt = box_format
+        if detector is not None:  # outside the try: a failing detector is not a bad image
+            if boxes is not None:
+                raise ValueError(f"{where}: pass either boxes or a detector, not both")
+            boxes, fmt = detect_image(detector, arr, det_thr, det_classes, where), "xyxy"
+        try:
+            entry.xyxy, entry.scores = prepare_boxes(boxes, arr.shape[1], arr.shape[0], fmt, where)
             entry.image = arr
         except Exception as exc:
             entry.error = exc
@@ -439,6 +459,9 @@ def predict(
     batch_size: int = 64,
     dataset_index: Optional[int] = None,
     dataset: Any = None,
+    detector: Optional[Callable] = None,
+    det_thr: float = 0.3,
+    det_classes: Optional[Sequence[int]] = None,
 ) -> Union[List[PersonResult], List[List[PersonResult]]]:
     """Top-down pose estimation (all results at once; :func:`predict_iter` streams them).
 
@@ -458,12 +481,18 @@ def predict(
         dataset_index: ViTPose+ expert / head index (0 = COCO), required by multi-expert models.
         dataset: dataset name or ``DatasetInfo`` whose flip pairs the flip test uses (default: the head's
             dataset, :func:`head_dataset`).
+        detector, det_thr, det_classes: instead of ``boxes``, a person detector run on each image (see
+            :func:`predict_iter`); the results equal passing its boxes.
 
     Returns:
         For a list of images, a list (per image) of lists (per person, in box order); for a single image, its
         list of persons. Each person is ``{"keypoints": float32 [K, 3] (x, y, score) in image pixels,
         "box": float32 [4] xyxy, "score": float}``.
     """
+    if detector is not None:
+        from .detectors import check_detector
+
+        check_detector(detector, boxes)
     single = _is_single_image(images)
     image_list = [images] if single else list(images)
     if single:
@@ -479,6 +508,7 @@ def predict(
     results = [
         r.persons
         for r in predict_iter(model, zip(image_list, box_list), box_format=box_format, flip_test=flip_test,
-                              decode=decode, batch_size=batch_size, dataset_index=dataset_index, dataset=dataset)
+                              decode=decode, batch_size=batch_size, dataset_index=dataset_index, dataset=dataset,
+                              detector=detector, det_thr=det_thr, det_classes=det_classes)
     ]
     return results[0] if single else results

@@ -376,32 +376,40 @@ def load_training_state(path: os.PathLike) -> Dict[str, Any]:
     return state
 
 
+def saved_global_batch(state: Dict[str, Any]) -> Optional[int]:
+    """The global batch (samples per optimiser step over all processes) a training state was written with;
+    None for a state that does not record it."""
+    if state.get("global_batch") is not None:
+        return int(state["global_batch"])
+    return None
+
+
 def check_resume_layout(state: Dict[str, Any], path: os.PathLike, world: int, batch_size: int,
                         allow_change: bool) -> bool:
-    """Compare the process count and per-process batch of a resumed run with the checkpoint's. Returns True when
-    they differ and ``allow_change`` is set (the caller then rescales the position, :func:`rescaled_position`);
-    raises ValueError naming both layouts when they differ without it. A checkpoint without a recorded layout
-    (older runs) passes."""
-    w0 = state.get("world_size", len(state.get("rng", [])) or None)
-    b0 = state.get("batch_size")
-    if w0 is None or b0 is None or (w0, b0) == (world, batch_size):
+    """Compare the global batch (processes x per-process batch) of a resumed run with the checkpoint's: the step
+    count, lr schedule and position in the epoch are in its units, while the process count alone may change
+    (the sampler's global batches do not depend on it). Returns True when the global batch differs and
+    ``allow_change`` is set (the caller then rescales the position, :func:`rescaled_position`); raises
+    ValueError naming both layouts when it differs without it. A state without a recorded global batch passes."""
+    g0 = saved_global_batch(state)
+    if g0 is None or g0 == world * batch_size:
         return False
     if allow_change:
         return True
+    w0 = state.get("world_size", len(state.get("rng", [])))
     raise ValueError(
-        f"{str(path)!r} was written by {w0} process(es) x batch {b0} (global batch {w0 * b0}); this run has "
-        f"{world} x {batch_size} (global {world * batch_size}). Its step count, lr schedule and position in the "
-        "epoch are in units of its global batch, and its RNG states are per process. Resume with the same "
-        "--batch-size and process count, or pass --allow-resume-change to keep its epoch and convert the "
-        "position and lr schedule to the new batch (not bit-identical to an uninterrupted run)")
+        f"{str(path)!r} was written by {w0} process(es) x batch {g0 // max(w0, 1)} (global batch {g0}); this run "
+        f"has {world} x {batch_size} (global {world * batch_size}). Its step count, lr schedule and position in the "
+        "epoch are in units of its global batch. Resume with the same global batch (--batch-size x processes), or "
+        "pass --allow-resume-change to keep its epoch and convert the position and lr schedule to the new batch "
+        "(not bit-identical to an uninterrupted run)")
 
 
 def rescaled_position(state: Dict[str, Any], world: int, batch_size: int,
                       iters_per_epoch: int) -> Tuple[int, int, int]:
     """(epoch, batch in epoch, global step) of ``state`` converted to a new global batch: the same epoch and
     the same number of samples seen in it (rounded down to whole batches)."""
-    w0 = state.get("world_size", len(state["rng"]))
-    g0, g = w0 * state["batch_size"], world * batch_size
+    g0, g = saved_global_batch(state), world * batch_size
     epoch = state["epoch"]
     batch = min(state["batch_in_epoch"] * g0 // g, iters_per_epoch)
     return epoch, batch, epoch * iters_per_epoch + batch
@@ -475,15 +483,14 @@ class SavePolicy:
 
 def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler, *, epoch: int,
                    step: int, batch_in_epoch: int, rng_states: Sequence[Dict[str, Any]],
-                   extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                   extra: Optional[Dict[str, Any]] = None, weights: bool = True) -> Dict[str, Any]:
     """Everything a resumed run needs to continue bit-identically: model, optimizer, scheduler, grad scaler,
-    position (``epoch``, global ``step``, batches done in ``epoch``) and one RNG state per rank."""
+    position (``epoch``, global ``step``, batches done in ``epoch``) and one RNG state per rank. ``weights=False``
+    leaves out the model and optimizer states (a sharded checkpoint stores those through DCP)."""
     state = {
         "format": "vitpose_fast-train",
         "version": 1,
-        "model": model.state_dict(),
         "config": model.config.to_dict(),
-        "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": epoch,
@@ -491,5 +498,7 @@ def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler
         "batch_in_epoch": batch_in_epoch,
         "rng": list(rng_states),
     }
+    if weights:
+        state["model"], state["optimizer"] = model.state_dict(), optimizer.state_dict()
     state.update(extra or {})
     return state
