@@ -164,3 +164,20 @@ def test_infer_config_from_tensors():
     assert (cfg.head.kind, cfg.head.num_keypoints) == ("simple", 133)
     assert (cfg.backbone.num_experts, cfg.backbone.part_features) == (6, 192)
     assert cfg.extra_heads == (14,)
+
+
+def test_non_strict_load_logs_what_it_dropped(caplog):
+    import logging
+
+    from vitpose_fast.checkpoint import load_into
+    from vitpose_fast.model import Model as _Model
+
+    model = _Model.from_config("vitpose_s", depth=1, embed_dim=32, num_heads=2, res=(32, 32))
+    sd = dict(model.state_dict())
+    sd["extra.weight"] = torch.zeros(1)
+    del sd["keypoint_head.final_layer.bias"]
+    with caplog.at_level(logging.WARNING, logger="vitpose_fast"):
+        load_into(model, sd, strict=False)
+    text = caplog.text
+    assert "1 checkpoint tensors not in the model were dropped (extra.weight)" in text
+    assert "keypoint_head.final_layer.bias" in text and "keep their initial values" in text

@@ -70,6 +70,22 @@ def test_detector_equals_passing_the_boxes(synth):
     assert_same([model.predict(images[1], detector=gt_detector(images, gt))], [direct[1]])  # one image
 
 
+def test_predict_iter_detector_streams_the_same_results(synth):
+    _, model, paths, images, gt, _ = synth
+    scores = [np.linspace(0.9, 0.6, len(b)) for b in gt]
+    direct = model.predict(images, [np.concatenate([b, s[:, None]], 1) for b, s in zip(gt, scores)])
+    # Files decoded on the streaming thread, the detector run there; chunks of 3 crops span images.
+    out = list(model.predict_iter(((str(p), None, k) for k, p in enumerate(paths)),
+                                  detector=gt_detector(images, gt), batch_size=3, on_error="skip"))
+    assert [r.meta for r in out] == [0, 1, 2]
+    assert_same([r.persons for r in out], direct)
+    with pytest.raises(ValueError, match="either boxes or a detector"):
+        list(model.predict_iter([(images[0], gt[0])], detector=gt_detector(images, gt)))
+    # A failing detector stops the run even where unreadable images are skipped.
+    with pytest.raises(ValueError, match="needs a detector that returns"):
+        list(model.predict_iter(images, detector=gt_detector(images, gt), det_classes=[0], on_error="skip"))
+
+
 def test_threshold_class_filter_and_batched_form(synth):
     _, model, _, images, gt, _ = synth
     scores = [np.linspace(0.9, 0.6, len(b)) for b in gt]

@@ -53,7 +53,7 @@ def test_perfect_predictions_score_one(tmp_path):
     assert list(stats) == list(STATS_NAMES)
     for name in ("AP", "AP .5", "AP .75", "AR", "AR .5", "AR .75"):
         assert stats[name] == pytest.approx(1.0), name
-    assert "AP .5" in format_ap_table(stats) and "100.0" in format_ap_table(stats)
+    assert "AP .5" in format_ap_table(stats) and "1.000" in format_ap_table(stats)
 
 
 def test_matches_direct_cocoeval(tmp_path):

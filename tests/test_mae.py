@@ -237,3 +237,18 @@ def test_cuda_bf16_backends_agree():
         loss.backward()
         losses[backend] = loss.item()
     assert abs(losses["torch"] - losses["triton"]) < 2e-2 * losses["torch"]
+
+
+def test_defaults_scale_with_the_run_and_machine():
+    import argparse as _argparse
+    import os as _os
+
+    resolve_defaults = load_script().resolve_defaults
+
+    short = _argparse.Namespace(workers=None, warmup_epochs=None, epochs=2)
+    resolve_defaults(short)
+    assert short.warmup_epochs == pytest.approx(0.1)  # not 40 epochs of warmup in a 2-epoch run
+    assert 0 <= short.workers <= min(8, _os.cpu_count() or 1)
+    long = _argparse.Namespace(workers=3, warmup_epochs=None, epochs=1600)
+    resolve_defaults(long)
+    assert (long.warmup_epochs, long.workers) == (40.0, 3)  # MAE's own setting

@@ -128,6 +128,8 @@ def load_model_arg(name_or_path: str, backend: str = "auto") -> Model:
     if Path(name_or_path).exists():
         return Model.from_pretrained(name_or_path, backend=backend)
     if name_or_path in PRESETS:
+        print(f"warning: {name_or_path!r} is a preset name: a RANDOMLY initialised model (no checkpoint); pass a "
+              "trained checkpoint for a meaningful teacher", file=sys.stderr, flush=True)
         return Model(get_preset(name_or_path).model, backend=backend)
     raise FileNotFoundError(f"{name_or_path!r} is neither an existing checkpoint nor a training preset "
                             f"({', '.join(sorted(PRESETS))})")
@@ -185,11 +187,17 @@ def student_loss(student: Model, device: torch.device, teacher: Optional[Model] 
 # ------------------------------------------------------------------------------------------------ loop
 def fit(loss_fn: LossFn, optimizer: torch.optim.Optimizer, batches: Iterable[Batch], max_steps: int,
         scheduler=None, grad_clip: Optional[float] = None, log_interval: int = 20,
-        log: Callable[[Dict[str, Any]], None] = lambda record: None) -> List[Dict[str, Any]]:
+        log: Callable[[Dict[str, Any]], None] = lambda record: None,
+        progress: bool = False) -> List[Dict[str, Any]]:
     """Plain optimisation loop; returns the logged records (every ``log_interval`` steps and the last)."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
     history = []
     step = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=max_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
     for batch in batches:
         if step >= max_steps:
             break
@@ -203,10 +211,16 @@ def fit(loss_fn: LossFn, optimizer: torch.optim.Optimizer, batches: Iterable[Bat
         if scheduler is not None:
             scheduler.step()
         step += 1
+        if bar is not None:
+            bar.update(1)
         if step % log_interval == 0 or step == max_steps:
             record = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}, "lr": lr}
             history.append(record)
             log(record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['loss']:.3e}", lr=f"{lr:.2e}")
+    if bar is not None:
+        bar.close()
     return history
 
 
@@ -258,6 +272,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, help="epochs (lr milestones scaled with it; default: the preset's)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.add_argument("--lr", type=float)
     p.add_argument("--workers", type=int)
     p.add_argument("--amp", choices=("none", "bf16"), default="none")
@@ -343,7 +358,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     scheduler = build_scheduler(optimizer, iters_per_epoch, schedule)
     total = schedule.epochs * iters_per_epoch
     max_steps = min(total, args.max_steps) if args.max_steps else total
-    history = fit(loss_fn, optimizer, batches, max_steps, scheduler, optim.grad_clip, args.log_interval, log)
+    history = fit(loss_fn, optimizer, batches, max_steps, scheduler, optim.grad_clip, args.log_interval, log,
+                  progress=not args.no_progress)
     metrics.close()
     if args.stage == "token":
         out = args.out / "token.pth"

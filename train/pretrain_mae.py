@@ -25,7 +25,7 @@ takes each whole image, letterboxed (aspect kept, zero padding). ``--images`` ad
 ``cv2.warpAffine``, and a horizontal flip with probability 0.5; then ImageNet normalisation.
 
 Recipe (MAE's): AdamW betas (0.9, 0.95), weight decay 0.05 (none on biases and norms), lr = blr x batch / 256
-with blr 1.5e-4, linear warmup for ``--warmup-epochs`` then half-cycle cosine to ``--min-lr``, set every
+with blr 1.5e-4, linear warmup for ``--warmup-epochs`` (default: 40, or 5% of a shorter run) then half-cycle cosine to ``--min-lr``, set every
 iteration; mask ratio 0.75; normalised-pixel loss. ``--max-steps`` stops early (the schedule still spans
 ``--epochs``). bf16 autocast on CUDA (``--precision``). Outputs in ``--out``: ``metrics.jsonl`` (one JSON object
 per ``--log-every`` steps: step, epoch, loss averaged over those steps, lr, samples/s), ``mae_last.pth`` (full
@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -186,6 +187,15 @@ class MAEImages(Dataset):
 
 
 # ------------------------------------------------------------------------------------------------ schedule
+def resolve_defaults(args: argparse.Namespace) -> None:
+    """Defaults that depend on the machine and the run: loader workers from the CPU count, warmup scaled
+    with the run (MAE's 40 epochs of 800 would leave a short run in warmup, its lr near 0)."""
+    if args.workers is None:
+        args.workers = min(8, max(0, (os.cpu_count() or 1) - 1))
+    if args.warmup_epochs is None:
+        args.warmup_epochs = min(40.0, 0.05 * args.epochs)
+
+
 def mae_lr(step: int, steps_per_epoch: int, epochs: int, warmup_epochs: float, lr: float, min_lr: float) -> float:
     """MAE's ``adjust_learning_rate`` at a fractional epoch: linear warmup from 0, then half-cycle cosine."""
     epoch = step / steps_per_epoch
@@ -223,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="person crops (--crop) or whole images (--no-crop) from --data-root")
     d.add_argument("--images", action="append", default=[], help="folder of images (repeatable)")
     d.add_argument("--min-crop-scale", type=float, default=0.2, help="random resized crop: least area fraction")
-    d.add_argument("--workers", type=int, default=8)
+    d.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers (default: one less than the CPU cores, at most 8)")
     m = p.add_argument_group("model")
     m.add_argument("--encoder", default="vitpose_b", help="preset whose backbone to pretrain")
     m.add_argument("--embed-dim", type=int)
@@ -242,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--blr", type=float, default=1.5e-4, help="base lr; lr = blr * batch / 256")
     o.add_argument("--lr", type=float, help="absolute lr (overrides --blr)")
     o.add_argument("--min-lr", type=float, default=0.0)
-    o.add_argument("--warmup-epochs", type=float, default=40.0)
+    o.add_argument("--warmup-epochs", type=float, default=None,
+                   help="linear warmup (default: 40 or 5%% of --epochs, whichever is smaller: MAE's 40 of 800)")
     o.add_argument("--weight-decay", type=float, default=0.05)
     o.add_argument("--clip-grad", type=float, help="max grad norm (MAE: none)")
     o.add_argument("--max-steps", type=int, help="stop after this many steps")
@@ -291,6 +303,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     config = build_config(args)
     model = MAE(config).to(device)
     dataset = build_dataset(args)
+    resolve_defaults(args)
+    print(f"{len(dataset)} samples, {args.workers} loader workers, warmup {args.warmup_epochs:g} of "
+          f"{args.epochs} epochs", file=sys.stderr, flush=True)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
                         pin_memory=device.type == "cuda", drop_last=len(dataset) >= args.batch_size,
                         persistent_workers=args.workers > 0)
@@ -358,7 +373,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                     window_loss.zero_()
                     window_n, window_t = 0, now
                     if bar is not None:
-                        bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{cur_lr:.2e}")
+                        bar.set_postfix(epoch=f"{epoch + 1}/{args.epochs}", loss=f"{last_loss:.4f}",
+                                        lr=f"{cur_lr:.2e}")
                 if bar is not None:
                     bar.update(1)
             if step >= total:

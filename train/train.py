@@ -58,9 +58,10 @@ their mean (``best.pth`` follows it)::
     # Model.from_pretrained("runs/tiny_multi/final.pth").split_datasets()
 
 Outputs in ``--out``: ``metrics.jsonl`` (one JSON object per logged step, with the global batch's loss, and per
-evaluation), ``last.pth`` (training state, written atomically every ``--save-interval`` epochs and when
-``--max-steps`` stops the run; with ``--fsdp`` the sharded ``last.dcp`` folder instead, see
-``vitpose_fast.distributed``),
+evaluation), ``last.pth`` (training state, written atomically every ``--save-interval`` epochs, every
+``--save-every`` steps or minutes (mid-epoch too) and when ``--max-steps`` stops the run; with ``--fsdp`` the
+sharded ``last.dcp`` folder instead, see ``vitpose_fast.distributed``; ``--resume`` takes either, drops the
+``metrics.jsonl`` records after its step and refuses another global batch unless ``--allow-resume-change``),
 ``best.pth`` (model weights of the best val AP, ``Model.from_pretrained``-loadable) and ``final.pth`` (weights
 at the end).
 
@@ -118,12 +119,18 @@ from vitpose_fast.training import (  # noqa: E402
     build_scheduler,
     capture_rng_state,
     joints_mse_loss,
-    load_checkpoint,
+    SavePolicy,
+    check_resume_layout,
+    load_training_state,
+    lr_factor,
     multi_dataset_loss,
     param_groups,
+    rescaled_position,
+    saved_global_batch,
     restore_rng_state,
     save_checkpoint,
     training_state,
+    truncate_metrics,
 )
 
 DET_FILE_CANDIDATES = (
@@ -182,7 +189,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     r.add_argument("--device", help="cpu, cuda (default: cuda when available)")
     r.add_argument("--backend", choices=BACKENDS, default="auto")
     r.add_argument("--out", type=Path, default=Path("runs/train"))
-    r.add_argument("--resume", type=Path, help="training checkpoint (last.pth) to continue from")
+    r.add_argument("--resume", type=Path, help="training checkpoint to continue from (last.pth, or last.dcp of --fsdp)")
+    r.add_argument("--allow-resume-change", action="store_true",
+                   help="resume with another global batch (processes x --batch-size): keep the epoch, convert the "
+                        "position and lr schedule to it (default: refused; the process count alone may change)")
+    r.add_argument("--save-every", metavar="N|TIME",
+                   help="also write last.pth every N optimiser steps or every TIME of wall clock (90s, 10m, 1h), "
+                        "mid-epoch included")
     r.add_argument("--eval-interval", type=int, help="epochs between evaluations (0: never)")
     r.add_argument("--save-interval", type=int, help="epochs between checkpoints")
     r.add_argument("--val-batch-size", type=int)
@@ -565,6 +578,55 @@ def run_evaluation(ddp_model: nn.Module, model: Model, pre: TrainPreset, paths: 
     return evaluate(scorer, pre, paths, rank, world, args.max_val_images, args.out)
 
 
+def resume_from(args: argparse.Namespace, ddp_model: nn.Module, optimizer, scheduler, scaler,
+                sources: Optional[List[DatasetSource]], pre: TrainPreset, world: int, rank: int,
+                iters_per_epoch: int, log) -> Tuple[int, int, int, float]:
+    """Load ``--resume`` (a ``last.pth`` file, or a sharded ``last.dcp`` folder on any process count, with or
+    without ``--fsdp``) into the model, optimizer, schedule, scaler and RNGs; returns (epoch, step, batch in
+    epoch, best AP). Refuses a file that is not a training state, another dataset list and (unless
+    ``--allow-resume-change``) another global batch; drops the metrics records after its step."""
+    sharded_ckpt = is_sharded_checkpoint(args.resume)
+    if sharded_ckpt:
+        state = read_train_state(args.resume)
+    elif is_sharded(ddp_model):
+        raise ValueError(f"--fsdp resumes from a sharded checkpoint folder (OUT/last.dcp), got the file "
+                         f"{args.resume}; resume it without --fsdp")
+    else:
+        state = load_training_state(args.resume)
+    datasets = [s.info.name for s in sources] if sources is not None else None
+    if state.get("datasets") != datasets:
+        raise ValueError(f"{args.resume} was trained on datasets {state.get('datasets')}, this run has {datasets}")
+    changed = check_resume_layout(state, args.resume, world, pre.batch_size, args.allow_resume_change)
+    if sharded_ckpt:
+        load_sharded(args.resume, ddp_model, optimizer)  # DCP reshards to this run's processes
+    else:
+        unwrap(ddp_model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    epoch, step, batch = state["epoch"], state["step"], state["batch_in_epoch"]
+    if rank == 0:
+        dropped = truncate_metrics(args.out / "metrics.jsonl", step)
+        if dropped:
+            log(f"metrics.jsonl: dropped {dropped} records after step {step} (the resumed run writes them again)")
+    if changed:
+        epoch, batch, step = rescaled_position(state, world, pre.batch_size, iters_per_epoch)
+        scheduler.last_epoch = step
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * lr_factor(step, iters_per_epoch, pre.optim.schedule)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+        log(f"warning: resuming global batch {saved_global_batch(state)} as {world} x {pre.batch_size}: position "
+            f"converted to epoch {epoch}, batch {batch}, step {step}")
+    rng = state["rng"]
+    if len(rng) != world:
+        log(f"warning: checkpoint has RNG states of {len(rng)} processes, this run has {world}; "
+            "drop-path masks will differ from an uninterrupted run")
+    restore_rng_state(rng[rank % len(rng)])
+    log(f"resumed from {args.resume}: epoch {epoch}, batch {batch}, step {step}")
+    return epoch, step, batch, state.get("best_ap", -1.0)
+
+
 # ------------------------------------------------------------------------------------------------ training
 class MetricsLog:
     """``metrics.jsonl`` (rank 0): one JSON object per line."""
@@ -675,33 +737,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     start_epoch, step, start_batch, best_ap = 0, 0, 0, -1.0
     if args.resume is not None:
-        sharded_ckpt = is_sharded_checkpoint(args.resume)  # any process count, with or without --fsdp
-        if sharded_ckpt:
-            state = read_train_state(args.resume)
-        elif is_sharded(ddp_model):
-            raise ValueError(f"--fsdp resumes from a sharded checkpoint folder (OUT/last.dcp), got the file "
-                             f"{args.resume}; resume it without --fsdp")
-        else:
-            state = load_checkpoint(args.resume)
-        if state.get("datasets") != ([s.info.name for s in sources] if sources is not None else None):
-            raise ValueError(f"{args.resume} was trained on datasets {state.get('datasets')}, this run has "
-                             f"{[s.info.name for s in sources] if sources is not None else None}")
-        if sharded_ckpt:
-            load_sharded(args.resume, ddp_model, optimizer)  # DCP reshards to this run's processes
-        else:
-            unwrap(ddp_model).load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, step, start_batch = state["epoch"], state["step"], state["batch_in_epoch"]
-        best_ap = state.get("best_ap", -1.0)
-        rng = state["rng"]
-        if len(rng) != world:
-            log(f"warning: checkpoint has RNG states of {len(rng)} processes, this run has {world}; "
-                "drop-path masks will differ from an uninterrupted run")
-        restore_rng_state(rng[rank % len(rng)])
-        log(f"resumed from {args.resume}: epoch {start_epoch}, batch {start_batch}, step {step}")
+        start_epoch, step, start_batch, best_ap = resume_from(
+            args, ddp_model, optimizer, scheduler, scaler, sources, pre, world, rank, iters_per_epoch, log)
 
     n_params = sum(p.numel() for p in unwrap(ddp_model).parameters())
     log(f"{pre.name}: {n_params / 1e6:.2f}M params, {len(train_set)} train instances, {world} process(es) x batch "
@@ -722,6 +759,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     multi_extra = {} if sources is None else {"datasets": [s.info.name for s in sources],
                                               "ratios": sampler.probs.tolist()}
+    save_policy = SavePolicy(args.save_every)
+    save_policy.start(step)
     num_datasets = pre.model.num_datasets
 
     def checkpoint(epoch: int, batch_in_epoch: int) -> None:
@@ -801,7 +840,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 ips = seen / max(time.perf_counter() - t0, 1e-9)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{loss_value:.3e}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
+                    bar.set_postfix(epoch=f"{epoch + 1}/{schedule.epochs}", loss=f"{loss_value:.3e}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
                 if log_now:
                     # Per-head losses: this process's mean over its samples of each dataset in this batch.
                     per_head = {f"loss/{VITPOSE_PLUS_DATASETS[d].name}": v.item() for d, v in head_losses.items()}
@@ -809,6 +848,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                                   grad_norm=grad_norm, time=time.time())
             if step >= stop_at:
                 break
+            if batch_in_epoch < iters_per_epoch and save_due(save_policy, step, world):
+                checkpoint(epoch, batch_in_epoch)
+                save_policy.saved(step)
         epoch_done = batch_in_epoch >= iters_per_epoch
         if epoch_done:
             n = epoch + 1
@@ -822,8 +864,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                     best_ap = ap
                     save_weights("best.pth")
                 ddp_model.train()
-            if n % pre.save_interval == 0 or n == schedule.epochs or step >= stop_at:
+            if n % pre.save_interval == 0 or n == schedule.epochs or step >= stop_at or save_due(save_policy, step,
+                                                                                                  world):
                 checkpoint(n, 0)
+                save_policy.saved(step)
         elif step >= stop_at:
             checkpoint(epoch, batch_in_epoch)
     if bar is not None:
@@ -835,6 +879,17 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if own_group:
         dist.destroy_process_group()
     return summary
+
+
+def save_due(policy: SavePolicy, step: int, world: int) -> bool:
+    """Whether ``--save-every`` asks for a checkpoint now; a wall-time policy is decided by rank 0 (every rank
+    must enter the checkpoint's collectives together)."""
+    due = policy.due(step)
+    if world > 1 and policy.seconds is not None:
+        flag = torch.tensor([int(due)])
+        dist.broadcast(flag, 0)
+        due = bool(flag.item())
+    return due
 
 
 def _jsonable(d: Dict[str, Any]) -> Dict[str, Any]:

@@ -360,6 +360,15 @@ def load_into(model, sd: StateDict, strict: bool = True, source_grid=None) -> No
         if shapes:
             parts.append(f"shape mismatches ({len(shapes)}): {_listing(shapes)}")
         raise CheckpointError("checkpoint does not fit the model: " + "; ".join(parts))
+    if missing or unexpected:  # strict=False: say what was left out
+        import logging
+
+        logging.getLogger("vitpose_fast").warning(
+            "non-strict load: %s%s%s",
+            f"{len(unexpected)} checkpoint tensors not in the model were dropped ({_listing(unexpected)})"
+            if unexpected else "", "; " if missing and unexpected else "",
+            f"{len(missing)} model tensors not in the checkpoint keep their initial values ({_listing(missing)})"
+            if missing else "")
     model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
 
 

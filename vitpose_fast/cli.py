@@ -1,31 +1,40 @@
 """The ``vitpose-fast`` command line.
 
-``vitpose-fast predict --weights W IMAGE_OR_DIR... [--boxes DETS.json] --out preds.json [--vis OUTDIR]``
+``vitpose-fast predict --weights W IMAGE_OR_DIR... [--boxes DETS.json] [--ann ANN.json] --out preds.json [--vis DIR]``
     Top-down keypoints for every image, written as COCO keypoint results (one entry per person, plus its
-    ``bbox`` xywh). Without ``--boxes`` each image is one person box; with a COCO detection-results file the
-    boxes of image id ``int(file stem)`` are used (category 1, score >= ``--box-thr``).
+    ``bbox`` xywh and the image's ``file_name``). The output file is valid JSON after every finished image, so
+    an interrupted run keeps what it finished. Without ``--boxes`` each image is ONE person whose box is the
+    whole image. Detections are matched to images by ``file_name`` when they carry one, else by ``image_id``:
+    the ids of ``--ann``'s images (by file name), else the number in the file name (``000123.jpg`` -> 123).
+``vitpose-fast predict --weights W IMAGE_OR_DIR... --detector SPEC --out preds.json``
+    ``--detector module:callable`` or ``yolo:PATH.pt`` finds the persons of each image as it is decoded
+    (:mod:`vitpose_fast.detectors`), instead of ``--boxes``.
 ``vitpose-fast predict --weights W CLIP.mp4 [--detector SPEC | --boxes PER_FRAME.json] --out poses.jsonl [--vis out.mp4]``
     A video file, webcam index or stream URL: one JSON line per frame (:mod:`vitpose_fast.video`).
-    ``--detector module:callable`` or ``yolo:PATH.pt`` finds the persons for images and videos
-    (:mod:`vitpose_fast.detectors`).
 ``vitpose-fast export --onnx OUT.onnx --weights W [--res HxW] [--dataset-index I] [--check]``
     ONNX export of the plain-PyTorch path (:mod:`vitpose_fast.onnx_export`).
 ``vitpose-fast eval --weights W --ann ANN.json --images DIR [--dets DETS.json] [--no-flip]``
     The official COCO top-down evaluation: GT boxes (official clean-up: clipped, ``w - 1``) or detections,
-    flip test, rescoring, OKS-NMS, ``COCOeval``; prints the AP table.
+    flip test, rescoring, OKS-NMS, ``COCOeval``; prints the AP table (fractions, as training logs them).
 
 ``--weights`` is anything :meth:`vitpose_fast.Model.from_pretrained` loads (our checkpoints, official ``.pth``,
 Hugging Face folders, Hub ids); ``--model PRESET`` instead builds that preset and loads the weights into it strictly.
+``--dataset NAME`` sets the keypoint metadata (flip pairs, skeleton, OKS sigmas); by default the head's dataset.
+
+Nothing is dropped silently: detections that match no image and images without detections are counted,
+unreadable images are reported and skipped (exit status 1; ``--strict`` stops at the first), and the output
+paths are checked before any work.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,10 +42,18 @@ from tqdm import tqdm
 
 from .config import PRESET_NAMES
 from .crop import box_to_center_scale
+from .datasets import DATASETS
 from .decode import DECODE_METHODS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-IMAGES_PER_CALL = 16  # images per predict() call: enough persons to fill a batch, bounded host memory
+
+
+def _fail(msg: str) -> "SystemExit":
+    return SystemExit(f"vitpose-fast: {msg}")
+
+
+def _warn(msg: str) -> None:
+    print(f"vitpose-fast: {msg}", file=sys.stderr)
 
 
 def _load_model(weights: str, preset: Optional[str], device: str):
@@ -55,60 +72,209 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _check_output_file(path: str, flag: str) -> None:
+    """Fail now (before loading anything) when ``path`` cannot be written as a file."""
+    p = Path(path)
+    if p.is_dir():
+        raise _fail(f"{flag} {path} is a directory; expected a file name such as {p / 'preds.json'}")
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise _fail(f"{flag} {path}: cannot create a file there ({parent} is not a writable directory)")
+
+
+def _check_output_dir(path: str, flag: str) -> None:
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise _fail(f"{flag} {path} exists and is not a directory")
+    parent = p
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise _fail(f"{flag} {path}: {parent} is not writable")
+
+
 def _collect_images(inputs: Sequence[str]) -> List[Path]:
     paths: List[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))
+            paths.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
         elif p.is_file():
             paths.append(p)
         else:
-            raise SystemExit(f"vitpose-fast: no such image file or folder: {item}")
+            raise _fail(f"no such image file or folder: {item}")
     if not paths:
-        raise SystemExit(f"vitpose-fast: no images found in {', '.join(inputs)}")
+        raise _fail(f"no images found in {', '.join(inputs)}")
     return paths
 
 
-def _load_dets(path: str, thr: float) -> Tuple[Dict[int, np.ndarray], int]:
-    """COCO detection results -> {image_id: [N, 5] xywh + score} for category 1 with score >= thr and w, h > 0;
-    also the number of degenerate (w or h <= 0) boxes skipped."""
-    by_image: Dict[int, list] = defaultdict(list)
-    skipped = 0
-    for det in json.loads(Path(path).read_text()):
+def _image_ids(paths: List[Path], ann_images: Optional[List[dict]]) -> List[int]:
+    """Image id of every path: ``--ann``'s id for its file name, else the number in the file name (numbers must
+    not collide: ``001.jpg`` and ``1.jpg`` are an error); names without a number get ids after the largest."""
+    if ann_images is not None:
+        by_name: Dict[str, int] = {}
+        for im in ann_images:
+            by_name[Path(im["file_name"]).name] = int(im["id"])
+        missing = [p.name for p in paths if p.name not in by_name]
+        if missing:
+            raise _fail(f"{len(missing)} image(s) are not in the annotation file's images, e.g. "
+                        f"{', '.join(missing[:5])}")
+        return [by_name[p.name] for p in paths]
+    owner: Dict[int, Path] = {}
+    ids: List[Optional[int]] = []
+    for p in paths:
+        if not p.stem.isdigit():
+            ids.append(None)
+            continue
+        i = int(p.stem)
+        if i in owner and owner[i].resolve() != p.resolve():
+            raise _fail(f"{owner[i]} and {p} both get image id {i} from their names; rename one, or pass --ann "
+                        "with the images' ids")
+        owner[i] = p
+        ids.append(i)
+    nxt = max(owner, default=-1) + 1
+    named: Dict[Path, int] = {}
+    for k, p in enumerate(paths):
+        if ids[k] is None:
+            key = p.resolve()
+            if key not in named:
+                named[key], nxt = nxt, nxt + 1
+            ids[k] = named[key]
+    return [int(i) for i in ids]
+
+
+def _read_dets(path: str, thr: float) -> Tuple[List[dict], int]:
+    """COCO detection results of category 1 with score >= thr and w, h > 0; also how many degenerate (w or
+    h <= 0) boxes were skipped."""
+    try:
+        dets = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise _fail(f"cannot read detections {path}: {exc}") from None
+    if not isinstance(dets, list):
+        raise _fail(f"detections {path}: expected a JSON list of COCO detection results, got {type(dets).__name__}")
+    kept, skipped = [], 0
+    for det in dets:
         if det.get("category_id", 1) != 1 or det["score"] < thr:
             continue
-        x, y, w, h = det["bbox"][:4]
-        if w <= 0 or h <= 0:
+        if det["bbox"][2] <= 0 or det["bbox"][3] <= 0:
             skipped += 1
             continue
-        by_image[int(det["image_id"])].append([x, y, w, h, det["score"]])
-    return {k: np.array(v, dtype=np.float64) for k, v in by_image.items()}, skipped
+        kept.append(det)
+    return kept, skipped
 
 
-def _chunks(n: int, size: int):
-    for start in range(0, n, size):
-        yield range(start, min(n, start + size))
+def match_detections(dets: List[dict], image_ids: Sequence[int], file_names: Sequence[str]
+                     ) -> Tuple[Dict[int, np.ndarray], List[dict]]:
+    """{position in the image list: [N, 5] xywh + score} and the detections that matched no image. A detection
+    with a ``file_name`` matches the image of that name, otherwise the one with its ``image_id``."""
+    by_id = {int(i): k for k, i in enumerate(image_ids)}
+    by_name = {Path(n).name: k for k, n in enumerate(file_names)}
+    boxes: Dict[int, list] = defaultdict(list)
+    unmatched = []
+    for det in dets:
+        k = by_name.get(Path(det["file_name"]).name) if det.get("file_name") else by_id.get(int(det["image_id"]))
+        if k is None:
+            unmatched.append(det)
+        else:
+            boxes[k].append([*det["bbox"][:4], det["score"]])
+    return {k: np.asarray(v, dtype=np.float64) for k, v in boxes.items()}, unmatched
 
 
-def _predict_all(model, paths: List[Path], boxes: List[Optional[np.ndarray]], args, desc: str):
-    """predict() over all images in chunks with a progress bar; yields (index, persons) per image."""
-    from .pipeline import load_image, predict
-
-    with tqdm(total=len(paths), unit="img", desc=desc, file=sys.stderr, disable=args.quiet) as bar:
-        for idx in _chunks(len(paths), IMAGES_PER_CALL):
-            images = [load_image(paths[i]) for i in idx]
-            results = predict(
-                model, images, [boxes[i] for i in idx], box_format="xywh", flip_test=not args.no_flip,
-                decode=args.decode, batch_size=args.batch_size, dataset_index=args.dataset_index,
-            )
-            for i, image, persons in zip(idx, images, results):
-                yield i, image, persons
-            bar.update(len(idx))
+def _report_matching(dets: List[dict], unmatched: List[dict], n_images: int, without: int, source: str) -> None:
+    if unmatched:
+        examples = sorted({str(d.get("file_name") or d["image_id"]) for d in unmatched})[:5]
+        _warn(f"{len(unmatched)} of {len(dets)} detections in {source} match no image (e.g. image "
+              f"{', '.join(examples)})")
+    if without:
+        _warn(f"{without} of {n_images} images have no detections (no persons predicted for them)")
 
 
-def _image_id(path: Path, fallback: int) -> int:
-    return int(path.stem) if path.stem.isdigit() else fallback
+def _resolve_dataset(model, args):
+    """The DatasetInfo for ``--dataset`` (checked against the head) or the head's own; None if unknown."""
+    from .datasets import get_dataset
+    from .pipeline import head_dataset, head_num_keypoints
+
+    k = head_num_keypoints(model, args.dataset_index)
+    if args.dataset is None:
+        return head_dataset(model, args.dataset_index), k
+    info = get_dataset(args.dataset)
+    if info.num_keypoints != k:
+        raise _fail(f"--dataset {args.dataset} has {info.num_keypoints} keypoints but the model's head "
+                    f"{args.dataset_index or 0} predicts {k}")
+    return info, k
+
+
+def _stream(model, items, args, info, total: Optional[int], desc: str, detector=None) -> Iterator[Any]:
+    """predict_iter over ``items`` (with ``detector``: each image's boxes found by it) with a per-person progress
+    bar; unreadable images are reported (or fatal with --strict). Yields ImageResults."""
+    from .pipeline import predict_iter
+
+    with tqdm(total=total, unit="person", desc=desc, file=sys.stderr, disable=args.quiet) as bar:
+        stream = predict_iter(
+            model, items, box_format="xywh", flip_test=not args.no_flip, decode=args.decode,
+            batch_size=args.batch_size, dataset_index=args.dataset_index, dataset=info,
+            on_error="raise" if args.strict else "skip", progress=bar.update,
+            detector=detector, det_thr=getattr(args, "det_thr", 0.3), det_classes=getattr(args, "det_classes", None),
+        )
+        try:
+            for result in stream:
+                if result.error is not None:
+                    bar.write(f"vitpose-fast: skipped an image: {result.error}", file=sys.stderr)
+                yield result
+        except (OSError, ValueError, TypeError) as exc:
+            if args.strict:
+                raise _fail(f"{exc} (--strict: stopping at the first bad image)") from exc
+            raise
+
+
+class JsonListWriter:
+    """Writes a JSON list record by record; the file is a complete JSON list after every :meth:`add`, so an
+    interrupted run leaves every finished image's records readable with ``json.load``."""
+
+    def __init__(self, path: str):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(path, "wb")
+        self._f.write(b"[]\n")
+        self._f.flush()
+        self._end = 1  # offset of the closing bracket
+        self.count = 0
+
+    def add(self, records: List[dict]) -> None:
+        if not records:
+            return
+        text = ",\n".join(json.dumps(r) for r in records)
+        self._f.seek(self._end)
+        self._f.write((("\n" if self.count == 0 else ",\n") + text + "\n]\n").encode())
+        self._f.flush()
+        self._end = self._f.tell() - 2
+        self.count += len(records)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _coco_records(image_id: int, file_name: str, persons: List[dict]) -> List[dict]:
+    from .evaluation import results_to_coco
+
+    if not persons:
+        return []
+    kps = np.stack([p["keypoints"] for p in persons])
+    entries = results_to_coco([image_id] * len(persons), kps, [p["score"] for p in persons])
+    for entry, p in zip(entries, persons):
+        x1, y1, x2, y2 = (float(v) for v in p["box"])
+        entry["bbox"] = [x1, y1, x2 - x1 + 1, y2 - y1 + 1]
+        entry["file_name"] = file_name
+    return entries
+
+
+def _load_ann_images(path: str) -> List[dict]:
+    try:
+        data = json.loads(Path(path).read_text())
+        return list(data["images"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _fail(f"cannot read the images of annotation file {path}: {exc!r}") from None
 
 
 def _detector(args):
@@ -121,42 +287,66 @@ def _detector(args):
 
 
 def cmd_predict(args) -> int:
-    from .evaluation import results_to_coco
     from .video import cmd_predict_video, is_video_source
     from .visualize import save_poses
 
     if len(args.images) == 1 and is_video_source(args.images[0]):
         return cmd_predict_video(args)
-    paths = _collect_images(args.images)
-    ids = [_image_id(p, i) for i, p in enumerate(paths)]
     if args.boxes and args.detector:
-        raise SystemExit("vitpose-fast: pass either --boxes or --detector, not both")
+        raise _fail("pass either --boxes or --detector, not both")
+    _check_output_file(args.out, "--out")
+    if args.vis:
+        _check_output_dir(args.vis, "--vis")
+    paths = _collect_images(args.images)
+    ids = _image_ids(paths, _load_ann_images(args.ann) if args.ann else None)
+    names = [p.name for p in paths]
+    detector = None
     if args.boxes:
-        dets, skipped = _load_dets(args.boxes, args.box_thr)
+        dets, skipped = _read_dets(args.boxes, args.box_thr)
         if skipped:
-            print(f"skipped {skipped} detections with zero width or height", file=sys.stderr)
-        boxes = [dets.get(i, np.zeros((0, 5))) for i in ids]
+            _warn(f"skipped {skipped} detections with zero width or height")
+        boxes, unmatched = match_detections(dets, ids, names)
+        if dets and len(unmatched) == len(dets):
+            examples = sorted({str(d.get("file_name") or d["image_id"]) for d in dets})[:5]
+            raise _fail(f"none of the {len(dets)} detections in {args.boxes} matches an image (their image ids, "
+                        f"e.g. {', '.join(examples)}, vs the images' {', '.join(map(str, sorted(set(ids))[:5]))}); "
+                        "pass --ann with the images' ids, or detections with file_name")
+        _report_matching(dets, unmatched, len(paths), len(paths) - len(boxes), args.boxes)
+        per_image = [boxes.get(k, np.zeros((0, 5))) for k in range(len(paths))]
+        total = sum(len(b) for b in per_image)
     elif args.detector:
-        from .detectors import detect_files
-
-        boxes = detect_files(_detector(args), paths, args.det_thr, args.det_classes, args.quiet)
+        detector = _detector(args)
+        per_image = [None] * len(paths)
+        total = None  # persons: known once detected
     else:
-        boxes = [None] * len(paths)
+        _warn("no --boxes given: each image is one person whose box is the whole image")
+        per_image = [None] * len(paths)
+        total = len(paths)
     model = _load_model(args.weights, args.model, args.device)
-    results = []
-    for i, image, persons in _predict_all(model, paths, boxes, args, "predict"):
-        if persons:
-            kps = np.stack([p["keypoints"] for p in persons])
-            entries = results_to_coco([ids[i]] * len(persons), kps, [p["score"] for p in persons])
-            for entry, p in zip(entries, persons):
-                x1, y1, x2, y2 = (float(v) for v in p["box"])
-                entry["bbox"] = [x1, y1, x2 - x1 + 1, y2 - y1 + 1]
-            results.extend(entries)
-        if args.vis:
-            save_poses(image, persons, Path(args.vis) / f"{paths[i].stem}.png", kpt_thr=args.kpt_thr)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results))
-    print(f"wrote {len(results)} persons from {len(paths)} images to {args.out}")
+    info, k = _resolve_dataset(model, args)
+    if info is None and not args.no_flip:
+        raise _fail(f"the model's head predicts {k} keypoints of no known dataset: pass --dataset NAME "
+                    f"({', '.join(sorted(DATASETS))}) for its flip pairs and skeleton, or --no-flip")
+    skeleton = info.skeleton if info is not None else ()
+    items = ((str(p), b, i) for i, (p, b) in enumerate(zip(paths, per_image)))
+    writer = JsonListWriter(args.out)
+    failed: List[str] = []
+    try:
+        for r in _stream(model, items, args, info, total, "predict", detector):
+            if r.error is not None:
+                failed.append(str(paths[r.meta]))
+                continue
+            writer.add(_coco_records(ids[r.meta], names[r.meta], r.persons))
+            if args.vis:
+                save_poses(r.image, r.persons, Path(args.vis) / f"{paths[r.meta].stem}.png", kpt_thr=args.kpt_thr,
+                           skeleton=skeleton)
+    finally:
+        writer.close()
+    print(f"wrote {writer.count} persons from {len(paths) - len(failed)} images to {args.out}")
+    if failed:
+        _warn(f"{len(failed)} of {len(paths)} images could not be read and were skipped: "
+              f"{', '.join(failed[:10])}{', ...' if len(failed) > 10 else ''}")
+        return 1
     return 0
 
 
@@ -186,42 +376,67 @@ def cmd_eval(args) -> int:
 
     from pycocotools.coco import COCO as CocoApi
 
-    from .datasets import COCO
     from .evaluation import evaluate_coco, format_ap_table, rescore_and_nms
 
+    if args.out:
+        _check_output_file(args.out, "--out")
     with contextlib.redirect_stdout(io.StringIO()):
         coco = CocoApi(args.ann)
     image_ids = sorted(coco.getImgIds())
+    names = [coco.loadImgs(i)[0]["file_name"] for i in image_ids]
     if args.dets:
-        dets, skipped = _load_dets(args.dets, args.det_thr)
+        dets, skipped = _read_dets(args.dets, args.det_thr)
         if skipped:
-            print(f"skipped {skipped} detections with zero width or height", file=sys.stderr)
-        boxes = [dets.get(i, np.zeros((0, 5))) for i in image_ids]
+            _warn(f"skipped {skipped} detections with zero width or height")
+        matched, unmatched = match_detections(dets, image_ids, names)
+        if unmatched:
+            examples = sorted({str(d.get("file_name") or d["image_id"]) for d in unmatched})[:5]
+            msg = (f"{len(unmatched)} of {len(dets)} detections in {args.dets} name images that are not in "
+                   f"{args.ann} (e.g. {', '.join(examples)})")
+            if not args.allow_unmatched_dets:
+                raise _fail(msg + "; wrong detection file? (--allow-unmatched-dets ignores them)")
+            _warn(msg + "; ignored")
+        _report_matching(dets, [], len(image_ids), len(image_ids) - len(matched), args.dets)
+        boxes = [matched.get(k, np.zeros((0, 5))) for k in range(len(image_ids))]
     else:
         boxes = [_gt_boxes(coco, i) for i in image_ids]
-    paths = [Path(args.images) / coco.loadImgs(i)[0]["file_name"] for i in image_ids]
+    paths = [Path(args.images) / n for n in names]
     model = _load_model(args.weights, args.model, args.device)
+    info, k = _resolve_dataset(model, args)
+    if info is None or info.sigmas is None:
+        raise _fail(f"COCOeval needs OKS sigmas for the head's {k} keypoints: pass --dataset NAME "
+                    f"({', '.join(sorted(n for n, d in DATASETS.items() if d.sigmas))})")
     in_h, in_w = model.config.backbone.img_size
     all_ids, all_kps, all_scores, all_areas = [], [], [], []
-    for i, _, persons in _predict_all(model, paths, boxes, args, "eval"):
-        if not persons:
+    failed: List[str] = []
+    items = ((str(paths[i]), boxes[i], i) for i in range(len(image_ids)) if len(boxes[i]))
+    for r in _stream(model, items, args, info, sum(len(b) for b in boxes), "eval"):
+        i = r.meta
+        if r.error is not None:
+            failed.append(str(paths[i]))
             continue
         _, scales = box_to_center_scale(torch.from_numpy(boxes[i]), in_w / in_h)
         all_areas.append((scales * 200).prod(-1).numpy())
-        all_ids.extend([image_ids[i]] * len(persons))
-        all_kps.append(np.stack([p["keypoints"] for p in persons]))
+        all_ids.extend([image_ids[i]] * len(r.persons))
+        all_kps.append(np.stack([p["keypoints"] for p in r.persons]))
         all_scores.append(boxes[i][:, 4])
     if not all_kps:
-        raise SystemExit("vitpose-fast: no persons to evaluate (no boxes in the annotation or detection file)")
-    results = rescore_and_nms(
-        all_ids, np.concatenate(all_kps), np.concatenate(all_scores), np.concatenate(all_areas), sigmas=COCO.sigmas
-    )
+        raise _fail("no persons to evaluate (no boxes in the annotation or detection file, or no readable image)")
+    results = rescore_and_nms(all_ids, np.concatenate(all_kps), np.concatenate(all_scores),
+                              np.concatenate(all_areas), sigmas=info.sigmas)
     if args.out:
+        for r in results:
+            r["file_name"] = names[image_ids.index(r["image_id"])]
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results))
-    stats = evaluate_coco(results, coco, sigmas=COCO.sigmas)
+    stats = evaluate_coco(results, coco, sigmas=info.sigmas)
     source = f"detections {args.dets}" if args.dets else "GT boxes"
-    print(f"COCO keypoints, {len(image_ids)} images, {source}, flip test {'off' if args.no_flip else 'on'}:")
+    print(f"{info.name} keypoints, {len(image_ids)} images, {source}, flip test {'off' if args.no_flip else 'on'}:")
     print(format_ap_table(stats))
+    if failed:
+        _warn(f"{len(failed)} images could not be read and were skipped (their people count as missed): "
+              f"{', '.join(failed[:10])}{', ...' if len(failed) > 10 else ''}")
+        return 1
     return 0
 
 
@@ -232,20 +447,30 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--weights", required=True, help="checkpoint file, Hugging Face folder or Hub id (org/name)")
     common.add_argument("--model", choices=PRESET_NAMES, help="build this preset and load the weights into it")
     common.add_argument("--device", default=_default_device(), help="torch device (default: cuda if available)")
-    common.add_argument("--batch-size", type=int, default=64, help="crops per forward (flipped copies included)")
+    common.add_argument("--batch-size", type=int, default=64,
+                        help="crops per forward (flipped copies included); bounds the memory of every step")
     common.add_argument("--no-flip", action="store_true", help="disable the flip test")
     common.add_argument("--decode", choices=DECODE_METHODS, default="udp")
     common.add_argument("--dataset-index", type=int, default=None, help="ViTPose+ expert/head (0 = COCO)")
+    common.add_argument("--dataset", choices=sorted(DATASETS), default=None,
+                        help="keypoint metadata: flip pairs, skeleton, OKS sigmas (default: the head's dataset)")
+    common.add_argument("--strict", action="store_true", help="stop at the first unreadable image (default: "
+                                                              "report it, skip it, exit with status 1)")
     common.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("predict", parents=[common], help="keypoints for images (COCO results json) or a video")
     p.add_argument("images", nargs="+", help="image files or folders; or one video file, stream URL or webcam index")
-    p.add_argument("--boxes", help="COCO detection results json (image_id = int(file stem)); for a video, "
-                   "per-frame boxes json (see vitpose_fast.video.load_frame_boxes)")
+    p.add_argument("--boxes", help="COCO detection results json, matched by file_name or image_id (without it "
+                                   "each image is one person whose box is the whole image); for a video, per-frame boxes json "
+                   "(see vitpose_fast.video.load_frame_boxes)")
+    p.add_argument("--ann", help="COCO json whose images give the image ids (by file name); default: the "
+                                 "number in each file name")
     p.add_argument("--box-thr", type=float, default=0.0, help="minimum detection score")
-    p.add_argument("--out", required=True, help="output json (for a video: JSON lines, one per frame)")
-    p.add_argument("--vis", help="folder for skeleton PNGs (for a video: the annotated video file, .mp4/.avi)")
-    p.add_argument("--frames-per-batch", type=int, default=8, help="video frames per predict call")
+    p.add_argument("--out", required=True, help="output json (valid after every finished image; for a video: JSON "
+                                               "lines, one per frame)")
+    p.add_argument("--vis", help="folder for skeleton PNGs (for a video: the annotated video file, "
+                                   ".mp4/.avi)")
+    p.add_argument("--frames-per-batch", type=int, default=8, help="video frames per detector call")
     p.add_argument("--max-frames", type=int, default=None, help="stop a video or stream after this many frames")
     p.add_argument("--kpt-thr", type=float, default=0.3, help="minimum keypoint score drawn")
     p.add_argument("--detector", help="person detector: module:callable (image -> (boxes_xyxy, scores[, labels])) "
@@ -260,6 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--images", required=True, help="image folder")
     e.add_argument("--dets", help="COCO detection results json (default: GT boxes)")
     e.add_argument("--det-thr", type=float, default=0.0, help="minimum detection score (official: 0.0)")
+    e.add_argument("--allow-unmatched-dets", action="store_true",
+                   help="warn about (instead of refusing) detections of images not in --ann")
     e.add_argument("--out", help="also write the final (rescored, NMS'd) results json")
     e.set_defaults(func=cmd_eval)
 
@@ -285,7 +512,7 @@ def _cmd_export(args) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
-        raise SystemExit("vitpose-fast: --batch-size must be >= 1")
+        raise _fail("--batch-size must be >= 1")
     return args.func(args)
 
 

@@ -1,4 +1,5 @@
-"""Person detectors in front of the top-down model: ``Model.predict(images, detector=fn)``.
+"""Person detectors in front of the top-down model: ``Model.predict(images, detector=fn)``,
+``Model.predict_iter(items, detector=fn)``.
 
 A detector is any callable ``fn(image) -> (boxes_xyxy [N, 4], scores [N])`` or ``(boxes, scores, labels [N])``
 taking one HxWx3 uint8 RGB numpy image; numpy arrays, torch tensors and lists are accepted as outputs. A
@@ -13,13 +14,12 @@ Ultralytics YOLO model (``ultralytics`` is imported only then, and must be insta
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-__all__ = ["run_detector", "detect", "load_detector", "YoloDetector", "COCO_PERSON"]
+__all__ = ["run_detector", "detect_image", "check_detector", "load_detector", "YoloDetector", "COCO_PERSON"]
 
 COCO_PERSON = 0  # the person label of COCO-trained detectors (Ultralytics' class ids start at 0)
 
@@ -72,23 +72,21 @@ def run_detector(
     return [_as_boxes(out, score_thr, classes, f"image {i}") for i, out in enumerate(outs)]
 
 
-def detect(images: Any, boxes: Any, detector: Callable, score_thr: float, classes: Optional[Sequence[int]]):
-    """``predict``'s entry: (images, detector) -> (images as RGB arrays, xyxy + score boxes), keeping the
-    single-image / list shape of ``images`` (each image is decoded once, here)."""
-    from .pipeline import _is_single_image, _to_rgb_array
-
+def check_detector(detector: Any, boxes: Any = None) -> None:
+    """The entry check of ``predict(detector=...)``: a callable, and no boxes besides it."""
     if boxes is not None:
         raise ValueError("pass either boxes or a detector, not both")
     if not callable(detector):
         raise TypeError(f"detector must be a callable image -> (boxes, scores), got {type(detector).__name__}")
-    single = _is_single_image(images)
-    arrays = []
-    for i, image in enumerate([images] if single else list(images)):
-        where = os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"image {i}"
-        arr = _to_rgb_array(image, where)
-        arrays.append(arr.cpu().numpy() if isinstance(arr, torch.Tensor) else np.ascontiguousarray(arr))
-    found = run_detector(detector, arrays, score_thr, classes)
-    return (arrays[0], found[0]) if single else (arrays, found)
+
+
+def detect_image(detector: Callable, image: Any, score_thr: float, classes: Optional[Sequence[int]],
+                 where: str) -> np.ndarray:
+    """One decoded HxWx3 uint8 image (numpy or a torch tensor on any device) -> its [N, 5] xyxy + score boxes;
+    :func:`vitpose_fast.pipeline.predict_iter` calls this per image on its decoding thread."""
+    arr = image.cpu().numpy() if isinstance(image, torch.Tensor) else np.ascontiguousarray(image)
+    out = detector([arr])[0] if getattr(detector, "batched", False) else detector(arr)
+    return _as_boxes(out, score_thr, classes, where)
 
 
 class YoloDetector:
@@ -145,21 +143,3 @@ def load_detector(spec: str, device: Optional[str] = None) -> Callable:
     if not callable(obj):
         raise ValueError(f"detector {spec!r}: {rest!r} is a {type(obj).__name__}, not a callable")
     return obj
-
-
-def detect_files(detector: Callable, paths: Sequence[os.PathLike], score_thr: float = 0.0,
-                 classes: Optional[Sequence[int]] = None, quiet: bool = False) -> List[np.ndarray]:
-    """The CLI's image path: run ``detector`` over image files -> per image [N, 5] xywh + score boxes (COCO
-    boxes, the CLI's box format; ``w = x2 - x1 + 1`` as the official ``xyxy -> xywh``)."""
-    import sys
-
-    from tqdm import tqdm
-
-    from .pipeline import load_image
-
-    out = []
-    for path in tqdm(paths, unit="img", desc="detect", file=sys.stderr, disable=quiet):
-        b = run_detector(detector, [load_image(path)], score_thr, classes)[0]
-        b[:, 2:4] -= b[:, 0:2] - 1
-        out.append(b)
-    return out

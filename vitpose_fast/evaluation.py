@@ -135,9 +135,9 @@ def evaluate_coco(results: List[dict], ann_file, sigmas: Optional[Sequence[float
 
 
 def format_ap_table(stats: Dict[str, float]) -> str:
-    """A two-row markdown table of the stats (x100, one decimal)."""
+    """A two-row markdown table of the stats as fractions (three decimals), as training logs them."""
     names = [n for n in STATS_NAMES if n in stats] + [n for n in stats if n not in STATS_NAMES]
     head = "| " + " | ".join(names) + " |"
     rule = "|" + "|".join("---" for _ in names) + "|"
-    row = "| " + " | ".join(f"{100 * stats[n]:.1f}" for n in names) + " |"
+    row = "| " + " | ".join(f"{stats[n]:.3f}" for n in names) + " |"
     return "\n".join((head, rule, row))

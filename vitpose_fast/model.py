@@ -272,14 +272,21 @@ class Model(nn.Module):
         in ``det_classes`` (None: all) are dropped. See :mod:`vitpose_fast.detectors`."""
         from .pipeline import predict
 
-        if detector is not None:
-            from .detectors import detect
+        self._optimize_once(batch_size)
+        return predict(self, images, boxes=boxes, box_format=box_format, flip_test=flip_test, decode=decode,
+                       batch_size=batch_size, detector=detector, det_thr=det_thr, det_classes=det_classes, **kwargs)
 
-            images, boxes = detect(images, boxes, detector, det_thr, det_classes)
-            box_format = "xyxy"
+    def _optimize_once(self, batch_size: int) -> None:
         if self._optimized is None:
             was_training = self.training
             self.optimize(batch_size, dtype=None).train(was_training)
 
-        return predict(self, images, boxes=boxes, box_format=box_format, flip_test=flip_test, decode=decode,
-                       batch_size=batch_size, **kwargs)
+    def predict_iter(self, items, batch_size: int = 64, **kwargs):
+        """Streaming top-down inference over any iterable of ``image`` / ``(image, boxes[, meta])``: one
+        :class:`~vitpose_fast.pipeline.ImageResult` per item as it is ready, memory bounded by ``batch_size``
+        (``detector=fn`` finds each image's boxes). Optimized once as :meth:`predict`.
+        See :func:`vitpose_fast.pipeline.predict_iter`."""
+        from .pipeline import predict_iter
+
+        self._optimize_once(batch_size)
+        return predict_iter(self, items, batch_size=batch_size, **kwargs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,13 @@ __all__ = [
     "restore_rng_state",
     "save_checkpoint",
     "load_checkpoint",
+    "CheckpointFileError",
+    "load_training_state",
+    "check_resume_layout",
+    "rescaled_position",
+    "truncate_metrics",
+    "SavePolicy",
+    "training_state",
 ]
 
 
@@ -297,12 +305,180 @@ def save_checkpoint(path: os.PathLike, state: Dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+class CheckpointFileError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file, what it is and what was expected."""
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _describe_unreadable(path: Path, exc: BaseException) -> str:
+    """Why ``torch.load`` failed on ``path``, in words: empty, text, an interrupted ``.tmp`` write, truncated."""
+    size = path.stat().st_size
+    if size == 0:
+        return f"{str(path)!r} is empty (0 bytes), not a checkpoint"
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head.startswith(_ZIP_MAGIC) and head[:1] != b"\x80":
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None and all(c.isprintable() or c.isspace() for c in text):
+            return f"{str(path)!r} is a text file (it starts with {text[:40]!r}), not a torch checkpoint"
+        return f"{str(path)!r} is not a torch checkpoint (unknown format, {size} bytes)"
+    if path.name.endswith(".tmp"):
+        return (f"{str(path)!r} is a temporary file whose write was interrupted ({size} bytes, incomplete); the "
+                f"checkpoint of the run is {str(path.with_name(path.name[:-4]))!r}")
+    return f"{str(path)!r} is truncated or corrupt ({size} bytes; torch: {exc})"
+
+
 def load_checkpoint(path: os.PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
-    """Read a training checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``). A file that is missing,
+    empty, text, truncated (an interrupted ``.tmp`` write) or holds Python objects other than tensors and
+    primitives raises :class:`CheckpointFileError` (FileNotFoundError when missing) saying which."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"training checkpoint {str(path)!r} does not exist")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if path.is_dir():
+        raise CheckpointFileError(f"{str(path)!r} is a directory; expected a checkpoint file such as last.pth")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
+        if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
+            raise CheckpointFileError(
+                f"{str(path)!r} holds Python objects other than tensors and plain values (torch.load with "
+                "weights_only=True refuses it); it was not written by vitpose_fast's training scripts"
+            ) from None
+        raise CheckpointFileError(_describe_unreadable(path, exc)) from None
+
+
+TRAINING_STATE_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "batch_in_epoch", "rng")
+
+
+def load_training_state(path: os.PathLike) -> Dict[str, Any]:
+    """:func:`load_checkpoint` of a ``--resume`` file, checked to be a training state (:func:`training_state`),
+    with a clear message for a weights-only file (``best.pth``/``final.pth``) or anything else."""
+    state = load_checkpoint(path)
+    where = repr(str(path))
+    if not isinstance(state, dict):
+        raise CheckpointFileError(f"{where} holds a {type(state).__name__}, not a training state (a dict)")
+    if state.get("format") == "vitpose_fast" or ("state_dict" in state and "optimizer" not in state):
+        raise CheckpointFileError(
+            f"{where} holds model weights only (like best.pth or final.pth), not a training state: resuming "
+            "needs last.pth (model, optimizer, schedule, RNGs and position) from the run's --out folder; to start "
+            "a new run from these weights, pass them to --init")
+    missing = [k for k in TRAINING_STATE_KEYS if k not in state]
+    if missing:
+        raise CheckpointFileError(
+            f"{where} is not a training state written by train.py (format {state.get('format')!r}): it lacks "
+            f"{', '.join(missing)}")
+    return state
+
+
+def saved_global_batch(state: Dict[str, Any]) -> Optional[int]:
+    """The global batch (samples per optimiser step over all processes) a training state was written with;
+    None for a state that does not record it."""
+    if state.get("global_batch") is not None:
+        return int(state["global_batch"])
+    return None
+
+
+def check_resume_layout(state: Dict[str, Any], path: os.PathLike, world: int, batch_size: int,
+                        allow_change: bool) -> bool:
+    """Compare the global batch (processes x per-process batch) of a resumed run with the checkpoint's: the step
+    count, lr schedule and position in the epoch are in its units, while the process count alone may change
+    (the sampler's global batches do not depend on it). Returns True when the global batch differs and
+    ``allow_change`` is set (the caller then rescales the position, :func:`rescaled_position`); raises
+    ValueError naming both layouts when it differs without it. A state without a recorded global batch passes."""
+    g0 = saved_global_batch(state)
+    if g0 is None or g0 == world * batch_size:
+        return False
+    if allow_change:
+        return True
+    w0 = state.get("world_size", len(state.get("rng", [])))
+    raise ValueError(
+        f"{str(path)!r} was written by {w0} process(es) x batch {g0 // max(w0, 1)} (global batch {g0}); this run "
+        f"has {world} x {batch_size} (global {world * batch_size}). Its step count, lr schedule and position in the "
+        "epoch are in units of its global batch. Resume with the same global batch (--batch-size x processes), or "
+        "pass --allow-resume-change to keep its epoch and convert the position and lr schedule to the new batch "
+        "(not bit-identical to an uninterrupted run)")
+
+
+def rescaled_position(state: Dict[str, Any], world: int, batch_size: int,
+                      iters_per_epoch: int) -> Tuple[int, int, int]:
+    """(epoch, batch in epoch, global step) of ``state`` converted to a new global batch: the same epoch and
+    the same number of samples seen in it (rounded down to whole batches)."""
+    g0, g = saved_global_batch(state), world * batch_size
+    epoch = state["epoch"]
+    batch = min(state["batch_in_epoch"] * g0 // g, iters_per_epoch)
+    return epoch, batch, epoch * iters_per_epoch + batch
+
+
+def truncate_metrics(path: os.PathLike, step: int) -> int:
+    """Drop the records of ``metrics.jsonl`` after ``step`` (a resumed run writes them again); atomic. Returns
+    how many were dropped. Unparseable lines (a torn last line) are dropped too."""
+    import json
+
+    path = Path(path)
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            dropped += 1
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(k + "\n" for k in kept))
+        os.replace(tmp, path)
+    return dropped
+
+
+class SavePolicy:
+    """``--save-every``: a checkpoint every N optimiser steps (``"500"``) or every so much wall time
+    (``"90s"``, ``"10m"``, ``"1h"``); ``None`` never (epoch checkpoints only)."""
+
+    _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+    def __init__(self, spec: Optional[str], clock=None):
+        import time
+
+        self.clock = clock or time.monotonic
+        self.steps: Optional[int] = None
+        self.seconds: Optional[float] = None
+        if spec is not None:
+            text = str(spec).strip().lower()
+            try:
+                if text and text[-1] in self._UNITS:
+                    self.seconds = float(text[:-1]) * self._UNITS[text[-1]]
+                else:
+                    self.steps = int(text)
+            except ValueError:
+                raise ValueError(f"--save-every expects steps (500) or a time (90s, 10m, 1h), got {spec!r}") from None
+            if (self.steps is not None and self.steps < 1) or (self.seconds is not None and self.seconds <= 0):
+                raise ValueError(f"--save-every must be positive, got {spec!r}")
+        self._last_step = 0
+        self._last_time = self.clock()
+
+    def start(self, step: int) -> None:
+        self._last_step, self._last_time = step, self.clock()
+
+    def due(self, step: int) -> bool:
+        if self.steps is not None:
+            return step - self._last_step >= self.steps
+        if self.seconds is not None:
+            return self.clock() - self._last_time >= self.seconds
+        return False
+
+    def saved(self, step: int) -> None:
+        self.start(step)
 
 
 def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler, *, epoch: int,

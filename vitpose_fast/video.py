@@ -9,8 +9,9 @@ annotated video is written with ``cv2.VideoWriter`` as MPEG-4 Part 2 (``mp4v``) 
 and MJPEG in ``.avi``: the OpenCV wheels have no H.264 encoder, and mp4v plays in common players (not in all
 browsers; re-encode with ffmpeg for the web).
 
-Frames go through :meth:`vitpose_fast.Model.predict` in groups of ``frames_per_batch`` (every person crop of
-the group in the same forward batches). Per frame one JSON line is written::
+Frames stream through :meth:`vitpose_fast.Model.predict_iter` (decoded a few ahead on its background thread,
+person crops of consecutive frames sharing forward batches of ``batch_size``); a detector sees
+``frames_per_batch`` frames per call. Per frame one JSON line is written::
 
     {"frame": 0, "time": 0.0, "persons": [{"box": [x1, y1, x2, y2], "score": 0.93, "keypoints": [[x, y, s], ...]}]}
 
@@ -187,11 +188,12 @@ def predict_video(
 
     ``detector`` or ``boxes`` ({frame: [N, 5] xyxy + score}, see :func:`load_frame_boxes`; scores below
     ``box_thr`` dropped) give the persons; neither means one whole-frame box. ``predict_kwargs`` go to
-    :meth:`Model.predict` (``flip_test``, ``decode``, ``batch_size``, ``dataset_index``, ...). Returns
+    :meth:`Model.predict_iter` (``flip_test``, ``decode``, ``batch_size``, ``dataset_index``, ...). Returns
     ``{"frames", "persons", "seconds", "fps"}`` (wall time of the whole loop: decoding, inference, writing).
     """
     from tqdm import tqdm
 
+    from .detectors import run_detector
     from .visualize import draw_poses
 
     if detector is not None and boxes is not None:
@@ -207,39 +209,44 @@ def predict_video(
     try:
         with open(out, "w") as f, tqdm(total=total, unit="frame", desc="video", file=sys.stderr,
                                        disable=not progress) as bar:
-            group = []
+            def items():
+                """(frame, boxes, (index, time)) for predict_iter; runs on its decoding thread, so the
+                detector sees ``frames_per_batch`` frames per call while the model works on earlier ones."""
+                group = []
+                for item in reader:
+                    if max_frames is not None and item[0] >= max_frames:
+                        break
+                    group.append(item)
+                    if len(group) == frames_per_batch:
+                        yield from with_boxes(group)
+                        group = []
+                if group:
+                    yield from with_boxes(group)
 
-            def flush():
-                nonlocal writer, persons_total
+            def with_boxes(group):
                 images = [g[2] for g in group]
                 if detector is not None:
-                    results = model.predict(images, detector=detector, det_thr=det_thr, det_classes=det_classes,
-                                            **predict_kwargs)
+                    found = run_detector(detector, images, det_thr, det_classes)
                 elif boxes is not None:
                     per = [boxes.get(i, np.zeros((0, 5))) for i, _, _ in group]
-                    results = model.predict(images, [b[b[:, 4] >= box_thr] for b in per], **predict_kwargs)
+                    found = [b[b[:, 4] >= box_thr] for b in per]
                 else:
-                    results = model.predict(images, **predict_kwargs)
-                for (i, t, image), persons in zip(group, results):
-                    f.write(json.dumps({"frame": i, "time": round(t, 6),
-                                        "persons": [_person_json(p) for p in persons]}) + "\n")
-                    persons_total += len(persons)
-                    if vis is not None:
-                        if writer is None:
-                            writer = VideoWriter(vis, reader.fps or 25.0, (image.shape[1], image.shape[0]))
-                        writer.write(np.asarray(draw_poses(image, persons, kpt_thr=kpt_thr)))
-                bar.update(len(group))
-                group.clear()
+                    found = [None] * len(group)
+                for (i, t, image), b in zip(group, found):
+                    yield image, b, (i, t)
 
-            for item in reader:
-                if max_frames is not None and item[0] >= max_frames:
-                    break
-                group.append(item)
+            for r in model.predict_iter(items(), **predict_kwargs):
+                i, t = r.meta
+                f.write(json.dumps({"frame": i, "time": round(t, 6),
+                                    "persons": [_person_json(p) for p in r.persons]}) + "\n")
                 frames += 1
-                if len(group) == frames_per_batch:
-                    flush()
-            if group:
-                flush()
+                persons_total += len(r.persons)
+                if vis is not None:
+                    image = r.image
+                    if writer is None:
+                        writer = VideoWriter(vis, reader.fps or 25.0, (image.shape[1], image.shape[0]))
+                    writer.write(np.asarray(draw_poses(image, r.persons, kpt_thr=kpt_thr)))
+                bar.update(1)
     finally:
         reader.close()
         if writer is not None:

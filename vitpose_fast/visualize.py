@@ -17,8 +17,9 @@ _PALETTE = ((255, 64, 64), (64, 160, 255), (255, 200, 0), (0, 220, 120), (220, 8
 
 def _as_pil(image: Any) -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as im:
-            return im.convert("RGB")
+        from .pipeline import load_image  # 16-bit, CMYK and EXIF orientation as predict reads them
+
+        return Image.fromarray(load_image(image), "RGB")
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     arr = np.asarray(image.cpu() if hasattr(image, "cpu") else image)
