@@ -239,8 +239,11 @@ def _cache_key(call: _Call, spec) -> str:
 
     signature, constexprs, attrs, options = spec
     text = repr((call.fn.cache_key, sorted(signature.items()), sorted((k, repr(v)) for k, v in constexprs.items()),
-                 sorted(attrs.items()), sorted(options.items()), triton.__version__, ARCH))
+                 sorted(attrs.items()), sorted(options.items()), triton.__version__, ARCH, _CACHE_VERSION))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+_CACHE_VERSION = 2  # bump when the way figures are obtained changes
 
 
 def _cache_dir() -> str:
@@ -260,19 +263,21 @@ def compile_call(call: _Call, ptxas: str, use_cache: bool = True) -> Dict[str, o
             return json.load(f)
     signature, constexprs, attrs, options = spec
     src = triton.compiler.ASTSource(fn=call.fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    # Triton runs ptxas -v itself (with its own flags) while building the cubin: read that log back. A cubin
-    # from Triton's cache has no log; then ptxas runs here on the PTX.
+    # Triton runs ptxas -v itself, with its own flags (they move the figures by tens of bytes of spill), while
+    # building the cubin: compile afresh (a cubin from Triton's cache has no log) and read that log back. Without
+    # the knobs (an older Triton), ptxas runs here on the PTX.
     log = io.StringIO()
     knobs = getattr(triton, "knobs", None)
-    saved = knobs.nvidia.dump_ptxas_log if knobs is not None else None
+    saved = (knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile) if knobs is not None else None
     try:
         if knobs is not None:
             knobs.nvidia.dump_ptxas_log = True
+            knobs.compilation.always_compile = True
         with contextlib.redirect_stdout(log):
             compiled = triton.compile(src, target=GPUTarget("cuda", ARCH, 32), options=options)
     finally:
         if knobs is not None:
-            knobs.nvidia.dump_ptxas_log = saved
+            knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = saved
     ptx = compiled.asm["ptx"]
     usage = _parse_ptxas(log.getvalue()) if "Used" in log.getvalue() else ptxas_usage(ptx, ptxas)
     out = dict(usage, shared=int(compiled.metadata.shared), mma=mma_kind(ptx))

@@ -12,7 +12,9 @@ where a position outside [0, 4h) x [0, 4w) reads zero (the conv pads the UPSAMPL
 src = max((u + 0.5) / 4 - 0.5, 0), i0 = floor(src), i1 = i0 + (i0 < n - 1), lambda1 = src - i0,
 lambda0 = 1 - lambda1 (every value is a multiple of 1/8, exact in fp32). So:
 
-1. ``y = relu(x) @ W`` with W [C, 9K]: one low-resolution GEMM (cuBLAS), y [B, h, w, 9K].
+1. ``y = relu(x) @ W`` with W [C, 9 * KT]: one low-resolution GEMM (cuBLAS), y [B, h, w, 9, KT]; each tap's
+   K channels are padded with zero weight columns to KT = K rounded up to 8, so the kernels' channel loads and
+   stores are 16-byte vectors (K = 17 -> 24: 41 % more columns in a GEMM that is tiny next to the backbone).
 2. ``out(oy, ox)[k] = bias[k] + sum_t sum_{i, j} U_h(oy + dy, i) U_w(ox + dx, j) y[i, j, t, k]`` with
    U(u, .) = 0 for u outside the map: ``_upconv_fwd_kernel``. Output pixel (oy, ox = 4j + rx) only reads
    low-res rows ``oy // 4 + {-1, 0, 1}`` and columns ``j + {-1, 0, 1}``.

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.skipif(report.ptxas_path() is None,
 # move a little between Triton versions (3.6 on the GPU image, 3.9 here), hence some headroom.
 REL_POS_BOUND = 64
 SPLIT_DIM_BOUND = 64
+DARK_17_BOUND = 64  # dark decoding's blur-17 patches at 8 warps (0.8-1 KB at 4 warps before)
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +82,8 @@ def test_rel_pos_and_split_head_dim_spill_bounds(rows):
     assert not bad, "\n".join(bad)
 
 
-def test_decoder_and_heatmap_decode_do_not_spill(rows):
+def test_decoder_and_heatmap_decode_spill_bounds(rows):
     others = [r for r in rows if not r.kernel.startswith("attn")]
     assert {r.kernel for r in others} == {"decoder_fwd", "decoder_bwd", "heatmap_decode"}
-    bad = [_name(r) for r in others if r.spill > 0]
+    bad = [_name(r) for r in others if r.spill > (DARK_17_BOUND if r.spec == "dark blur 17" else 0)]
     assert not bad, "\n".join(bad)
