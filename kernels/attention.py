@@ -47,14 +47,18 @@ MMA work, where one 128-wide tile did 60 % more than the useful part), 88 -> 64 
 32 + 16 (7 %), 120 -> 128. Every product over the head dim (QK^T, dO V^T) is one accumulator chain over the
 parts; every product into it (PV, dV, dK, dQ) is one product per part; only a last part past d is masked.
 
-Resources on sm_90a (``python -m vitpose_fast.kernels.report``; tests/test_kernel_report.py holds the bounds).
-bf16 at ViTPose-H's grid, default config, triton 3.9: no spill in any mode without rel-pos at d64 and d80; the
-backward runs 8 warps above 64 head-dim columns (at 4 warps the dK/dV accumulators beside K and V spill). Still
-spilling: ``_bwd_kv`` at d88 / d104 (96 and 112 columns of fp32 dK and dV accumulators plus K and V at 255
-registers; a smaller key block would drop wgmma, whose M side it is), tens of bytes, and the rel-pos dA pass of
-global attention at 36 x 27 (64- and 32-wide fp32 accumulators), a few bytes. AUTOTUNE_CONFIGS keeps only
-configs with 64-row or larger tiles (wgmma needs M >= 64 per warpgroup: a 32-row tile runs mma.sync) that build
-without spills.
+Resources on sm_90a (``python -m vitpose_fast.kernels.report``; tests/test_kernel_report.py holds the bounds),
+bf16 at ViTPose-H's grid (36 x 27, 8 x 8 windows), triton 3.9 and 3.6: no spill in any mode without rel-pos at
+d64 and d80, in both configs. The backward runs 8 warps above 64 head-dim columns (at 4 warps the dK/dV
+accumulators beside K and V spilled). Still spilling, tens of bytes per thread, all at the 255-register cap:
+rel-pos kernels (the forward and dQ pass hold two gathered [BLOCK_M, BLOCK_N] fp32 bias tiles beside the
+accumulators: 20-28 B at d80 with 3.9, 96-172 B with 3.6; the global dA pass's 64- and 32-wide accumulators,
+4-44 B), and d88 / d104 (96 and 112 columns of fp32 accumulators: 40-48 B in d104's dQ pass without rel-pos,
+40-390 B with it). The next steps would be 32-query dQ tiles for those head dims (wgmma needs the 64-row M side,
+so that means 8 warps over a 64 x 32 tile) and loading the rel-pos bias as two small [BLOCK_M, w] tables
+instead of a gathered tile. AUTOTUNE_CONFIGS keeps only configs that build without spills and on wgmma only
+without rel-pos (32-row tiles run mma.sync: wgmma needs M >= 64 per warpgroup); with rel-pos 128x64 spills
+12-44 B (3.9).
 """
 
 from __future__ import annotations
