@@ -53,8 +53,8 @@ d64 and d80, in both configs. The backward runs 8 warps above 64 head-dim column
 accumulators beside K and V spilled). Still spilling, tens of bytes per thread, all at the 255-register cap:
 rel-pos kernels (the forward and dQ pass hold two gathered [BLOCK_M, BLOCK_N] fp32 bias tiles beside the
 accumulators: 20-28 B at d80 with 3.9, 96-172 B with 3.6; the global dA pass's 64- and 32-wide accumulators,
-4-44 B), and d88 / d104 (96 and 112 columns of fp32 accumulators: 40-48 B in d104's dQ pass without rel-pos,
-40-390 B with it). The next steps would be 32-query dQ tiles for those head dims (wgmma needs the 64-row M side,
+4-44 B), and d88 / d104 (96 and 112 columns of fp32 accumulators: without rel-pos 40-48 B in d104's dQ pass
+with 3.9, 32-88 B in its forward with 3.6; 40-390 B with rel-pos). The next steps would be 32-query dQ tiles for those head dims (wgmma needs the 64-row M side,
 so that means 8 warps over a 64 x 32 tile) and loading the rel-pos bias as two small [BLOCK_M, w] tables
 instead of a gathered tile. AUTOTUNE_CONFIGS keeps only configs that build without spills and on wgmma only
 without rel-pos (32-row tiles run mma.sync: wgmma needs M >= 64 per warpgroup); with rel-pos 128x64 spills
