@@ -16,9 +16,13 @@ copies, no materialised masks. Padded tokens are masked as keys and never stored
 
 Backward (FA2): ``_bwd_kv`` gives dK/dV per key block looping over the query blocks that see it (window keys:
 the queries of its window; pooled keys: ceil(P / BLOCK_P) extra programs per (batch, head), each looping over
-every query of the map), ``_bwd_q`` gives dQ per query block; both recompute P from the saved logsumexp;
-delta = rowsum(dO * O) is a small torch prologue. No atomics. dq, dk, dv come back as three contiguous tensors
-(autograd stacks them into the qkv gradient: one extra copy).
+every query of the map) on transposed [keys, queries] tiles (every product then has the key block as its M
+side, so the streamed query tiles can be 32 wide and stay on wgmma), ``_bwd_q`` gives dQ per query block; both
+recompute P from the saved logsumexp;
+delta = rowsum(dO * O) is a small torch prologue. With rel-pos, a second ``_bwd_q`` launch (``DA_PASS``)
+recomputes P and dP once more and returns only the table gradients dA_h, dA_w (see below): kept beside dQ, their
+accumulators and one-hot products spilled kilobytes per thread on sm_90a. No atomics. dq, dk, dv come back as
+three contiguous tensors (autograd stacks them into the qkv gradient: one extra copy).
 
 Around the kernel, in torch (autograd differentiates it): ``pool`` averages k and v per window
 (:func:`pool_windows`) and the kernel receives them as P extra key/value tokens, so the pooled tokens' gradient
@@ -29,14 +33,32 @@ loops forward and backward; this works for every spec, global included (the appe
 ``pool``). ``rel_pos``: the prologue computes per query the [wh] and [ww] tables
 A_h[n, a] = q_n . rel_pos_h[i_n - a + wh - 1] (a = key row in the window) and A_w likewise, in fp32 (one
 [B*N*heads, d] x [d, 2w-1] GEMM plus a gather); the kernel adds A_h[q, i_k] + A_w[q, j_k] to each logit and its
-dQ pass returns dA_h, dA_w (a one-hot [BLOCK_N, w] product of dS, in tf32x3 so it stays fp32-accurate), from
-which autograd gives the table and extra q gradients. Pooled keys get no rel-pos term. For global rel-pos at
+dA pass returns dA_h, dA_w (a one-hot [BLOCK_N, w] product of dS; fp32-accurate: dS split into three bf16
+terms against the exact bf16 one-hot on the GPU, tf32x3 in the interpreter, which has no bf16), from which
+autograd gives the table and extra q gradients. Pooled keys get no rel-pos term. For global rel-pos at
 large grids the prologue tables are [B, N, heads, Hp] fp32 (still far below the [N, N] bias the torch path makes).
 
 Dtypes: fp32, fp16, bf16 inputs; fp32 accumulation and softmax statistics; P and dS are cast to the input dtype
-for the tensor-core products (fp32 inputs use IEEE fp32 dots, not tf32). Head dims up to 128: the tile is
-BLOCK_D = next power of two (>= 16) with masked loads, so d80 (ViT-H) runs 128-wide dots: 60 % more MMA work on
-QK^T and PV than the useful part (flash-attn pads d80 to 96, FlexAttention to 128). Offsets are int64.
+for the tensor-core products (fp32 inputs use IEEE fp32 dots, not tf32). Offsets are int64.
+
+Head dims up to 128, split into at most three power-of-two column parts of >= 16 (tl.dot's minimum), the least
+padding first, then the fewest parts (:func:`head_dim_parts`): 64 -> 64, 80 -> 64 + 16 (exact: ViT-H wastes no
+MMA work, where one 128-wide tile did 60 % more than the useful part), 88 -> 64 + 32 (8 % padded), 104 -> 64 +
+32 + 16 (7 %), 120 -> 128. Every product over the head dim (QK^T, dO V^T) is one accumulator chain over the
+parts; every product into it (PV, dV, dK, dQ) is one product per part; only a last part past d is masked.
+
+Resources on sm_90a (``python -m vitpose_fast.kernels.report``; tests/test_kernel_report.py holds the bounds),
+bf16 at ViTPose-H's grid (36 x 27, 8 x 8 windows), triton 3.9 and 3.6: no spill in any mode without rel-pos at
+d64 and d80, in both configs. The backward runs 8 warps above 64 head-dim columns (at 4 warps the dK/dV
+accumulators beside K and V spilled). Still spilling, tens of bytes per thread, all at the 255-register cap:
+rel-pos kernels (the forward and dQ pass hold two gathered [BLOCK_M, BLOCK_N] fp32 bias tiles beside the
+accumulators: 20-28 B at d80 with 3.9, 96-172 B with 3.6; the global dA pass's 64- and 32-wide accumulators,
+4-44 B), and d88 / d104 (96 and 112 columns of fp32 accumulators: without rel-pos 40-48 B in d104's dQ pass
+with 3.9, 32-88 B in its forward with 3.6; 40-390 B with rel-pos). The next steps would be 32-query dQ tiles for those head dims (wgmma needs the 64-row M side,
+so that means 8 warps over a 64 x 32 tile) and loading the rel-pos bias as two small [BLOCK_M, w] tables
+instead of a gathered tile. AUTOTUNE_CONFIGS keeps only configs that build without spills and on wgmma only
+without rel-pos (32-row tiles run mma.sync: wgmma needs M >= 64 per warpgroup); with rel-pos 128x64 spills
+12-44 B (3.9).
 """
 
 from __future__ import annotations
@@ -67,13 +89,13 @@ class Config:
 
 
 DEFAULT_CONFIG = Config()
-# Swept only with VITPOSE_FAST_AUTOTUNE=1 (forward timing, per shape/spec, cached for the process).
+# Swept only with VITPOSE_FAST_AUTOTUNE=1 (forward timing, per shape/spec, cached for the process). Every entry
+# builds for sm_90a without spills and on wgmma only (tests/test_kernel_report.py): 32-row tiles (64x32, 32x32)
+# fell back to mma.sync, 128x128 w8 spilled 0.1-0.2 KB per thread in the forward and dQ pass at d80, 64x64 w4
+# with 3 stages 4 B in the forward.
 AUTOTUNE_CONFIGS = (
     DEFAULT_CONFIG,
     Config(128, 64, 8, 2),
-    Config(64, 32, 4, 3),
-    Config(32, 32, 2, 2),
-    Config(128, 128, 8, 2),
 )
 _TUNED: dict = {}
 
@@ -98,27 +120,95 @@ def _coords(t, win, T, WH, WW, HP, WP, HPAD, WPAD, SH, SW, NWW):
 
 
 @triton.jit
-def _window_logits(q, k, qn, qreal, qreg, ki, kj, kreal, kreg, AH, AW, a_base, aw_base, stride_an, stride_awn,
-                   qk_scale, HAS_REL: tl.constexpr, PREC: tl.constexpr):
-    """Base-2 logits [BLOCK_M, BLOCK_N] of queries vs window keys: scale*log2e*q.k (+ rel-pos), -inf if masked."""
-    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-    pair = qreal[:, None] & kreal[None, :]
-    if HAS_REL:
-        bias = tl.load(AH + a_base + qn[:, None] * stride_an + ki[None, :], mask=pair, other=0.0)
-        bias += tl.load(AW + aw_base + qn[:, None] * stride_awn + kj[None, :], mask=pair, other=0.0)
-        s += bias * 1.4426950408889634
-    return tl.where(pair & (qreg[:, None] == kreg[None, :]), s, float("-inf"))
+def _ld(rows, rmask, D: tl.constexpr, OFF: tl.constexpr, W: tl.constexpr):
+    """Columns [OFF, OFF + W) of the rows at pointers ``rows`` [R] (masked beyond head dim D) -> [R, W]."""
+    offs = OFF + tl.arange(0, W)
+    if OFF + W > D:
+        return tl.load(rows[:, None] + offs[None, :], mask=rmask[:, None] & (offs < D)[None, :], other=0.0)
+    else:
+        return tl.load(rows[:, None] + offs[None, :], mask=rmask[:, None], other=0.0)
 
 
 @triton.jit
-def _online_softmax_step(s, v, m_i, l_i, acc, PREC: tl.constexpr):
+def _st(rows, val, rmask, D: tl.constexpr, OFF: tl.constexpr, W: tl.constexpr):
+    offs = OFF + tl.arange(0, W)
+    val = val.to(rows.dtype.element_ty)
+    if OFF + W > D:
+        tl.store(rows[:, None] + offs[None, :], val, mask=rmask[:, None] & (offs < D)[None, :])
+    else:
+        tl.store(rows[:, None] + offs[None, :], val, mask=rmask[:, None])
+
+
+@triton.jit
+def _ld3(rows, rmask, D: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr):
+    """The head-dim parts of rows (parts past NPARTS are never used, so they compile away)."""
+    return _ld(rows, rmask, D, 0, D0), _ld(rows, rmask, D, D0, D1), _ld(rows, rmask, D, D0 + D1, D2)
+
+
+@triton.jit
+def _st3(rows, x0, x1, x2, rmask, D: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
+         NPARTS: tl.constexpr):
+    _st(rows, x0, rmask, D, 0, D0)
+    if NPARTS > 1:
+        _st(rows, x1, rmask, D, D0, D1)
+    if NPARTS > 2:
+        _st(rows, x2, rmask, D, D0 + D1, D2)
+
+
+@triton.jit
+def _dot_t3(a0, a1, a2, b0, b1, b2, NPARTS: tl.constexpr, PREC: tl.constexpr):
+    """a @ b^T contracted over the head dim, part by part into one accumulator."""
+    s = tl.dot(a0, tl.trans(b0), input_precision=PREC)
+    if NPARTS > 1:
+        s = tl.dot(a1, tl.trans(b1), s, input_precision=PREC)
+    if NPARTS > 2:
+        s = tl.dot(a2, tl.trans(b2), s, input_precision=PREC)
+    return s
+
+
+@triton.jit
+def _acc3(p, b0, b1, b2, c0, c1, c2, NPARTS: tl.constexpr, PREC: tl.constexpr):
+    """c_j += p @ b_j for each head-dim part (p cast to b's dtype)."""
+    p = p.to(b0.dtype)
+    c0 = tl.dot(p, b0, c0, input_precision=PREC)
+    if NPARTS > 1:
+        c1 = tl.dot(p, b1, c1, input_precision=PREC)
+    if NPARTS > 2:
+        c2 = tl.dot(p, b2, c2, input_precision=PREC)
+    return c0, c1, c2
+
+
+@triton.jit
+def _window_mask(s, qn, qreal, qreg, ki, kj, kreal, kreg, AH, AW, a_base, aw_base, stride_an, stride_awn,
+                 qk_scale, HAS_REL: tl.constexpr, KEYS_FIRST: tl.constexpr = False):
+    """Base-2 logits from the raw q.k products s: scale*log2e (+ rel-pos), -inf where masked. s is [BLOCK_M
+    queries, BLOCK_N keys], or [BLOCK_N, BLOCK_M] with KEYS_FIRST (dK/dV's transposed tiles)."""
+    s = s * qk_scale
+    if KEYS_FIRST:
+        pair = kreal[:, None] & qreal[None, :]
+        same = kreg[:, None] == qreg[None, :]
+        ah_off = qn[None, :] * stride_an + ki[:, None]
+        aw_off = qn[None, :] * stride_awn + kj[:, None]
+    else:
+        pair = qreal[:, None] & kreal[None, :]
+        same = qreg[:, None] == kreg[None, :]
+        ah_off = qn[:, None] * stride_an + ki[None, :]
+        aw_off = qn[:, None] * stride_awn + kj[None, :]
+    if HAS_REL:
+        bias = tl.load(AH + a_base + ah_off, mask=pair, other=0.0)
+        bias += tl.load(AW + aw_base + aw_off, mask=pair, other=0.0)
+        s += bias * 1.4426950408889634
+    return tl.where(pair & same, s, float("-inf"))
+
+
+@triton.jit
+def _softmax_step(s, m_i, l_i):
+    """Online base-2 softmax: (new max, new sum, probabilities, rescale factor of the old accumulator)."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet stay exactly zero
     p = tl.math.exp2(s - m_use[:, None])
     alpha = tl.math.exp2(m_i - m_use)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
-    return m_new, l_i, acc
+    return m_new, l_i * alpha + tl.sum(p, 1), p, alpha
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -129,7 +219,8 @@ def _fwd(
     sqb, sqn, sqh, skb, skn, skh, svb, svn, svh,
     H, N, P, HP, WP, WH, WW, HPAD, WPAD, SH, SW, NWW, T, NQB,
     qk_scale,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    D: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, NPARTS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
     HAS_POOL: tl.constexpr, HAS_REL: tl.constexpr, PREC: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -137,55 +228,59 @@ def _fwd(
     win = pid // NQB
     b = bh // H
     h = bh % H
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d < D
     qn, qi, qj, qreal, qreg = _coords((pid % NQB) * BLOCK_M + tl.arange(0, BLOCK_M), win, T, WH, WW, HP, WP,
                                       HPAD, WPAD, SH, SW, NWW)
-    qmask = qreal[:, None] & dmask[None, :]
-    q = tl.load(Q + b * sqb + h * sqh + qn[:, None] * sqn + offs_d[None, :], mask=qmask, other=0.0)
+    q0, q1, q2 = _ld3(Q + b * sqb + h * sqh + qn * sqn, qreal, D, D0, D1, D2)
     a_base = (b * N * H + h) * WH
     aw_base = (b * N * H + h) * WW
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc0 = tl.zeros([BLOCK_M, D0], tl.float32)
+    acc1 = tl.zeros([BLOCK_M, D1], tl.float32)
+    acc2 = tl.zeros([BLOCK_M, D2], tl.float32)
     for start in range(0, T, BLOCK_N):
         kn, ki, kj, kreal, kreg = _coords(start + tl.arange(0, BLOCK_N), win, T, WH, WW, HP, WP, HPAD, WPAD, SH,
                                           SW, NWW)
-        kmask = kreal[:, None] & dmask[None, :]
-        k = tl.load(K + b * skb + h * skh + kn[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
-        v = tl.load(V + b * svb + h * svh + kn[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
-        s = _window_logits(q, k, qn, qreal, qreg, ki, kj, kreal, kreg, AH, AW, a_base, aw_base, H * WH, H * WW,
-                           qk_scale, HAS_REL, PREC)
-        m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc, PREC)
+        k0, k1, k2 = _ld3(K + b * skb + h * skh + kn * skn, kreal, D, D0, D1, D2)
+        v0, v1, v2 = _ld3(V + b * svb + h * svh + kn * svn, kreal, D, D0, D1, D2)
+        s = _window_mask(_dot_t3(q0, q1, q2, k0, k1, k2, NPARTS, PREC), qn, qreal, qreg, ki, kj, kreal, kreg,
+                         AH, AW, a_base, aw_base, H * WH, H * WW, qk_scale, HAS_REL)
+        m_i, l_i, p, alpha = _softmax_step(s, m_i, l_i)
+        acc0, acc1, acc2 = _acc3(p, v0, v1, v2, acc0 * alpha[:, None], acc1 * alpha[:, None],
+                                 acc2 * alpha[:, None], NPARTS, PREC)
     if HAS_POOL:
         for start in range(0, P, BLOCK_P):
             pidx = start + tl.arange(0, BLOCK_P)
             preal = pidx < P
-            pmask = preal[:, None] & dmask[None, :]
-            poff = (b * P + pidx.to(tl.int64))[:, None] * (H * D) + h * D + offs_d[None, :]
-            kp = tl.load(KP + poff, mask=pmask, other=0.0)
-            vp = tl.load(VP + poff, mask=pmask, other=0.0)
-            s = tl.dot(q, tl.trans(kp), input_precision=PREC) * qk_scale
+            prow = (b * P + pidx.to(tl.int64)) * (H * D) + h * D
+            k0, k1, k2 = _ld3(KP + prow, preal, D, D0, D1, D2)
+            v0, v1, v2 = _ld3(VP + prow, preal, D, D0, D1, D2)
+            s = _dot_t3(q0, q1, q2, k0, k1, k2, NPARTS, PREC) * qk_scale
             s = tl.where(qreal[:, None] & preal[None, :], s, float("-inf"))
-            m_i, l_i, acc = _online_softmax_step(s, vp, m_i, l_i, acc, PREC)
+            m_i, l_i, p, alpha = _softmax_step(s, m_i, l_i)
+            acc0, acc1, acc2 = _acc3(p, v0, v1, v2, acc0 * alpha[:, None], acc1 * alpha[:, None],
+                                     acc2 * alpha[:, None], NPARTS, PREC)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
-    out = acc / l_safe[:, None]
-    tl.store(O + (b * N + qn[:, None]) * (H * D) + h * D + offs_d[None, :], out.to(O.dtype.element_ty), mask=qmask)
+    _st3(O + (b * N + qn) * (H * D) + h * D, acc0 / l_safe[:, None], acc1 / l_safe[:, None],
+         acc2 / l_safe[:, None], qreal, D, D0, D1, D2, NPARTS)
     tl.store(LSE + bh * N + qn, m_i + tl.math.log2(l_safe), mask=qreal)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # backward
 @triton.jit
-def _bwd_kv_tile(q, do, lse, delta, k, v, s, dk, dv, PREC: tl.constexpr):
-    p = tl.math.exp2(s - lse[:, None])
-    dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PREC)
-    dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-    ds = p * (dp - delta[:, None])
-    dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=PREC)
-    return dk, dv
+def _bwd_kv_tile(q0, q1, q2, do0, do1, do2, lse, delta, v0, v1, v2, st, dk0, dk1, dk2, dv0, dv1, dv2,
+                 NPARTS: tl.constexpr, PREC: tl.constexpr):
+    """One query block's share of dK, dV from the transposed logits st [keys, queries]: every product then has
+    the key block as its M side, so the streamed query block may be narrower than wgmma's 64 rows."""
+    pt = tl.math.exp2(st - lse[None, :])
+    dv0, dv1, dv2 = _acc3(pt, do0, do1, do2, dv0, dv1, dv2, NPARTS, PREC)
+    dpt = _dot_t3(v0, v1, v2, do0, do1, do2, NPARTS, PREC)
+    dst = pt * (dpt - delta[None, :])
+    dk0, dk1, dk2 = _acc3(dst, q0, q1, q2, dk0, dk1, dk2, NPARTS, PREC)
+    return dk0, dk1, dk2, dv0, dv1, dv2
 
 
 @triton.jit
@@ -194,66 +289,71 @@ def _bwd_kv(
     sqb, sqn, sqh, skb, skn, skh, svb, svn, svh,
     H, N, P, HP, WP, WH, WW, HPAD, WPAD, SH, SW, NWW, T, NKB, NWIN,
     qk_scale, sm_scale,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    D: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, NPARTS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
     HAS_POOL: tl.constexpr, HAS_REL: tl.constexpr, PREC: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     h = bh % H
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d < D
     a_base = (b * N * H + h) * WH
     aw_base = (b * N * H + h) * WW
     if pid < NKB * NWIN:
         # Keys of one window: only that window's queries see them.
-        dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-        dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        dk0 = tl.zeros([BLOCK_N, D0], tl.float32)
+        dk1 = tl.zeros([BLOCK_N, D1], tl.float32)
+        dk2 = tl.zeros([BLOCK_N, D2], tl.float32)
+        dv0 = tl.zeros([BLOCK_N, D0], tl.float32)
+        dv1 = tl.zeros([BLOCK_N, D1], tl.float32)
+        dv2 = tl.zeros([BLOCK_N, D2], tl.float32)
         win = pid // NKB
         kn, ki, kj, kreal, kreg = _coords((pid % NKB) * BLOCK_N + tl.arange(0, BLOCK_N), win, T, WH, WW, HP, WP,
                                           HPAD, WPAD, SH, SW, NWW)
-        kmask = kreal[:, None] & dmask[None, :]
-        k = tl.load(K + b * skb + h * skh + kn[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
-        v = tl.load(V + b * svb + h * svh + kn[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
+        k0, k1, k2 = _ld3(K + b * skb + h * skh + kn * skn, kreal, D, D0, D1, D2)
+        v0, v1, v2 = _ld3(V + b * svb + h * svh + kn * svn, kreal, D, D0, D1, D2)
         for start in range(0, T, BLOCK_M):
             qn, qi, qj, qreal, qreg = _coords(start + tl.arange(0, BLOCK_M), win, T, WH, WW, HP, WP, HPAD, WPAD,
                                               SH, SW, NWW)
-            qmask = qreal[:, None] & dmask[None, :]
-            q = tl.load(Q + b * sqb + h * sqh + qn[:, None] * sqn + offs_d[None, :], mask=qmask, other=0.0)
-            do = tl.load(DO + (b * N + qn[:, None]) * (H * D) + h * D + offs_d[None, :], mask=qmask, other=0.0)
+            q0, q1, q2 = _ld3(Q + b * sqb + h * sqh + qn * sqn, qreal, D, D0, D1, D2)
+            do0, do1, do2 = _ld3(DO + (b * N + qn) * (H * D) + h * D, qreal, D, D0, D1, D2)
             lse = tl.load(LSE + bh * N + qn, mask=qreal, other=0.0)
             delta = tl.load(DELTA + bh * N + qn, mask=qreal, other=0.0)
-            s = _window_logits(q, k, qn, qreal, qreg, ki, kj, kreal, kreg, AH, AW, a_base, aw_base, H * WH,
-                               H * WW, qk_scale, HAS_REL, PREC)
-            dk, dv = _bwd_kv_tile(q, do, lse, delta, k, v, s, dk, dv, PREC)
-        off = (b * N + kn[:, None]) * (H * D) + h * D + offs_d[None, :]
-        tl.store(DK + off, (dk * sm_scale).to(DK.dtype.element_ty), mask=kmask)
-        tl.store(DV + off, dv.to(DV.dtype.element_ty), mask=kmask)
+            s = _window_mask(_dot_t3(k0, k1, k2, q0, q1, q2, NPARTS, PREC), qn, qreal, qreg, ki, kj, kreal, kreg,
+                             AH, AW, a_base, aw_base, H * WH, H * WW, qk_scale, HAS_REL, True)
+            dk0, dk1, dk2, dv0, dv1, dv2 = _bwd_kv_tile(q0, q1, q2, do0, do1, do2, lse, delta, v0, v1, v2, s, dk0,
+                                                        dk1, dk2, dv0, dv1, dv2, NPARTS, PREC)
+        rows = (b * N + kn) * (H * D) + h * D
+        _st3(DK + rows, dk0 * sm_scale, dk1 * sm_scale, dk2 * sm_scale, kreal, D, D0, D1, D2, NPARTS)
+        _st3(DV + rows, dv0, dv1, dv2, kreal, D, D0, D1, D2, NPARTS)
     elif HAS_POOL:
         # Pooled keys: every real query of the map sees them.
         pidx = (pid - NKB * NWIN) * BLOCK_P + tl.arange(0, BLOCK_P)
         preal = pidx < P
-        pmask = preal[:, None] & dmask[None, :]
-        poff = (b * P + pidx.to(tl.int64))[:, None] * (H * D) + h * D + offs_d[None, :]
-        kp = tl.load(KP + poff, mask=pmask, other=0.0)
-        vp = tl.load(VP + poff, mask=pmask, other=0.0)
-        dkp = tl.zeros([BLOCK_P, BLOCK_D], tl.float32)
-        dvp = tl.zeros([BLOCK_P, BLOCK_D], tl.float32)
+        prow = (b * P + pidx.to(tl.int64)) * (H * D) + h * D
+        kp0, kp1, kp2 = _ld3(KP + prow, preal, D, D0, D1, D2)
+        vp0, vp1, vp2 = _ld3(VP + prow, preal, D, D0, D1, D2)
+        dkp0 = tl.zeros([BLOCK_P, D0], tl.float32)
+        dkp1 = tl.zeros([BLOCK_P, D1], tl.float32)
+        dkp2 = tl.zeros([BLOCK_P, D2], tl.float32)
+        dvp0 = tl.zeros([BLOCK_P, D0], tl.float32)
+        dvp1 = tl.zeros([BLOCK_P, D1], tl.float32)
+        dvp2 = tl.zeros([BLOCK_P, D2], tl.float32)
         for qwin in range(0, NWIN):
             for start in range(0, T, BLOCK_M):
                 qn, qi, qj, qreal, qreg = _coords(start + tl.arange(0, BLOCK_M), qwin, T, WH, WW, HP, WP, HPAD,
                                                   WPAD, SH, SW, NWW)
-                qmask = qreal[:, None] & dmask[None, :]
-                q = tl.load(Q + b * sqb + h * sqh + qn[:, None] * sqn + offs_d[None, :], mask=qmask, other=0.0)
-                do = tl.load(DO + (b * N + qn[:, None]) * (H * D) + h * D + offs_d[None, :], mask=qmask,
-                             other=0.0)
+                q0, q1, q2 = _ld3(Q + b * sqb + h * sqh + qn * sqn, qreal, D, D0, D1, D2)
+                do0, do1, do2 = _ld3(DO + (b * N + qn) * (H * D) + h * D, qreal, D, D0, D1, D2)
                 lse = tl.load(LSE + bh * N + qn, mask=qreal, other=0.0)
                 delta = tl.load(DELTA + bh * N + qn, mask=qreal, other=0.0)
-                s = tl.dot(q, tl.trans(kp), input_precision=PREC) * qk_scale
-                s = tl.where(qreal[:, None] & preal[None, :], s, float("-inf"))
-                dkp, dvp = _bwd_kv_tile(q, do, lse, delta, kp, vp, s, dkp, dvp, PREC)
-        tl.store(DKP + poff, (dkp * sm_scale).to(DKP.dtype.element_ty), mask=pmask)
-        tl.store(DVP + poff, dvp.to(DVP.dtype.element_ty), mask=pmask)
+                s = _dot_t3(kp0, kp1, kp2, q0, q1, q2, NPARTS, PREC) * qk_scale
+                s = tl.where(preal[:, None] & qreal[None, :], s, float("-inf"))
+                dkp0, dkp1, dkp2, dvp0, dvp1, dvp2 = _bwd_kv_tile(q0, q1, q2, do0, do1, do2, lse, delta, vp0, vp1,
+                                                                  vp2, s, dkp0, dkp1, dkp2, dvp0, dvp1, dvp2,
+                                                                  NPARTS, PREC)
+        _st3(DKP + prow, dkp0 * sm_scale, dkp1 * sm_scale, dkp2 * sm_scale, preal, D, D0, D1, D2, NPARTS)
+        _st3(DVP + prow, dvp0, dvp1, dvp2, preal, D, D0, D1, D2, NPARTS)
 
 
 @triton.jit
@@ -262,64 +362,77 @@ def _bwd_q(
     sqb, sqn, sqh, skb, skn, skh, svb, svn, svh,
     H, N, P, HP, WP, WH, WW, HPAD, WPAD, SH, SW, NWW, T, NQB,
     qk_scale, sm_scale,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    D: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, NPARTS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
     WH_P: tl.constexpr, WW_P: tl.constexpr,
     HAS_POOL: tl.constexpr, HAS_REL: tl.constexpr, PREC: tl.constexpr, REL_PREC: tl.constexpr,
+    DQ_PASS: tl.constexpr, DA_PASS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     win = pid // NQB
     b = bh // H
     h = bh % H
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d < D
     qn, qi, qj, qreal, qreg = _coords((pid % NQB) * BLOCK_M + tl.arange(0, BLOCK_M), win, T, WH, WW, HP, WP,
                                       HPAD, WPAD, SH, SW, NWW)
-    qmask = qreal[:, None] & dmask[None, :]
-    q = tl.load(Q + b * sqb + h * sqh + qn[:, None] * sqn + offs_d[None, :], mask=qmask, other=0.0)
-    do = tl.load(DO + (b * N + qn[:, None]) * (H * D) + h * D + offs_d[None, :], mask=qmask, other=0.0)
+    q0, q1, q2 = _ld3(Q + b * sqb + h * sqh + qn * sqn, qreal, D, D0, D1, D2)
+    do0, do1, do2 = _ld3(DO + (b * N + qn) * (H * D) + h * D, qreal, D, D0, D1, D2)
     lse = tl.load(LSE + bh * N + qn, mask=qreal, other=0.0)
     delta = tl.load(DELTA + bh * N + qn, mask=qreal, other=0.0)
     a_base = (b * N * H + h) * WH
     aw_base = (b * N * H + h) * WW
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dq0 = tl.zeros([BLOCK_M, D0], tl.float32)
+    dq1 = tl.zeros([BLOCK_M, D1], tl.float32)
+    dq2 = tl.zeros([BLOCK_M, D2], tl.float32)
     dah = tl.zeros([BLOCK_M, WH_P], tl.float32)
     daw = tl.zeros([BLOCK_M, WW_P], tl.float32)
     for start in range(0, T, BLOCK_N):
         kn, ki, kj, kreal, kreg = _coords(start + tl.arange(0, BLOCK_N), win, T, WH, WW, HP, WP, HPAD, WPAD, SH,
                                           SW, NWW)
-        kmask = kreal[:, None] & dmask[None, :]
-        k = tl.load(K + b * skb + h * skh + kn[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
-        v = tl.load(V + b * svb + h * svh + kn[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
-        s = _window_logits(q, k, qn, qreal, qreg, ki, kj, kreal, kreg, AH, AW, a_base, aw_base, H * WH, H * WW,
-                           qk_scale, HAS_REL, PREC)
+        k0, k1, k2 = _ld3(K + b * skb + h * skh + kn * skn, kreal, D, D0, D1, D2)
+        v0, v1, v2 = _ld3(V + b * svb + h * svh + kn * svn, kreal, D, D0, D1, D2)
+        s = _window_mask(_dot_t3(q0, q1, q2, k0, k1, k2, NPARTS, PREC), qn, qreal, qreg, ki, kj, kreal, kreg,
+                         AH, AW, a_base, aw_base, H * WH, H * WW, qk_scale, HAS_REL)
         p = tl.math.exp2(s - lse[:, None])
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        dp = _dot_t3(do0, do1, do2, v0, v1, v2, NPARTS, PREC)
         ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
-        if HAS_REL:
+        if DQ_PASS:
+            dq0, dq1, dq2 = _acc3(ds, k0, k1, k2, dq0, dq1, dq2, NPARTS, PREC)
+        if DA_PASS:
             # dA_h[q, a] = sum of dS over the keys in window row a: dS @ one-hot(key row).
-            onehot_h = (ki[:, None] == tl.arange(0, WH_P)[None, :]).to(tl.float32)
-            onehot_w = (kj[:, None] == tl.arange(0, WW_P)[None, :]).to(tl.float32)
-            dah += tl.dot(ds, onehot_h, input_precision=REL_PREC)
-            daw += tl.dot(ds, onehot_w, input_precision=REL_PREC)
-    if HAS_POOL:
+            onehot_h = ki[:, None] == tl.arange(0, WH_P)[None, :]
+            onehot_w = kj[:, None] == tl.arange(0, WW_P)[None, :]
+            if REL_PREC == "bf16x3":
+                # dS as three bf16 terms (8 + 8 + 8 significant bits: fp32's 24) against an exact bf16 one-hot:
+                # fp32-accurate on bf16 tensor cores, with half the operand registers of tf32x3.
+                hi = ds.to(tl.bfloat16)
+                rest = ds - hi.to(tl.float32)
+                mid = rest.to(tl.bfloat16)
+                lo = (rest - mid.to(tl.float32)).to(tl.bfloat16)
+                oh = onehot_h.to(tl.bfloat16)
+                ow = onehot_w.to(tl.bfloat16)
+                dah = tl.dot(lo, oh, tl.dot(mid, oh, tl.dot(hi, oh, dah)))
+                daw = tl.dot(lo, ow, tl.dot(mid, ow, tl.dot(hi, ow, daw)))
+            else:
+                dah = tl.dot(ds, onehot_h.to(tl.float32), dah, input_precision=REL_PREC)
+                daw = tl.dot(ds, onehot_w.to(tl.float32), daw, input_precision=REL_PREC)
+    if HAS_POOL and DQ_PASS:
         for start in range(0, P, BLOCK_P):
             pidx = start + tl.arange(0, BLOCK_P)
             preal = pidx < P
-            pmask = preal[:, None] & dmask[None, :]
-            poff = (b * P + pidx.to(tl.int64))[:, None] * (H * D) + h * D + offs_d[None, :]
-            kp = tl.load(KP + poff, mask=pmask, other=0.0)
-            vp = tl.load(VP + poff, mask=pmask, other=0.0)
-            s = tl.dot(q, tl.trans(kp), input_precision=PREC) * qk_scale
+            prow = (b * P + pidx.to(tl.int64)) * (H * D) + h * D
+            k0, k1, k2 = _ld3(KP + prow, preal, D, D0, D1, D2)
+            v0, v1, v2 = _ld3(VP + prow, preal, D, D0, D1, D2)
+            s = _dot_t3(q0, q1, q2, k0, k1, k2, NPARTS, PREC) * qk_scale
             s = tl.where(qreal[:, None] & preal[None, :], s, float("-inf"))
             p = tl.math.exp2(s - lse[:, None])
-            dp = tl.dot(do, tl.trans(vp), input_precision=PREC)
+            dp = _dot_t3(do0, do1, do2, v0, v1, v2, NPARTS, PREC)
             ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds.to(kp.dtype), kp, input_precision=PREC)
-    tl.store(DQ + (b * N + qn[:, None]) * (H * D) + h * D + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
-             mask=qmask)
-    if HAS_REL:
+            dq0, dq1, dq2 = _acc3(ds, k0, k1, k2, dq0, dq1, dq2, NPARTS, PREC)
+    if DQ_PASS:
+        _st3(DQ + (b * N + qn) * (H * D) + h * D, dq0 * sm_scale, dq1 * sm_scale, dq2 * sm_scale, qreal, D, D0, D1,
+             D2, NPARTS)
+    if DA_PASS:
         offs_a = tl.arange(0, WH_P)
         tl.store(DAH + a_base + qn[:, None] * (H * WH) + offs_a[None, :], dah,
                  mask=qreal[:, None] & (offs_a < WH)[None, :])
@@ -334,10 +447,38 @@ def _pow2(x: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(x))
 
 
+def head_dim_parts(d: int) -> Tuple[int, ...]:
+    """The head dim as at most three power-of-two tile widths (each >= 16, tl.dot's minimum), covering d with
+    the least padding, then the fewest parts: 80 -> 64 + 16, 88 -> 64 + 32, 104 -> 64 + 32 + 16."""
+    widths = (16, 32, 64, 128)
+    combos = [(a,) for a in widths]
+    combos += [(a, b) for a in widths for b in widths if b <= a]
+    combos += [(a, b, c) for a in widths for b in widths for c in widths if c <= b <= a]
+    return min((c for c in combos if sum(c) >= d), key=lambda c: (sum(c), len(c)))
+
+
+def _parts_meta(d: int) -> dict:
+    parts = head_dim_parts(d)
+    padded = parts + (16,) * (3 - len(parts))  # absent parts: never loaded or used, any width compiles
+    return dict(D=d, D0=padded[0], D1=padded[1], D2=padded[2], NPARTS=len(parts))
+
+
 def _blocks(cfg: List[int], t: int, p: int) -> Tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_P): a window (or the pooled token count) smaller than the configured block would
     waste most of the tile, so blocks shrink to it (tl.dot needs >= 16)."""
     return min(cfg[0], _pow2(t)), min(cfg[1], _pow2(t)), min(cfg[1], _pow2(p))
+
+
+def _bwd_warps(cfg: List[int], d: int) -> int:
+    # Above 64 head-dim columns the backward's fp32 dK/dV (and dQ) accumulators beside the K/V (Q/dO) tiles
+    # exceed 255 registers per thread at 4 warps (spills); 8 warps halve every tile's share per thread.
+    return max(cfg[2], 8) if sum(head_dim_parts(d)) > 64 else cfg[2]
+
+
+def _da_pass_blocks(block_n: int) -> dict:
+    # Measured on sm_90a (kernel report): 32-key tiles over 8 warps keep the dA pass at a few bytes of spill even
+    # for global rel-pos at 36 x 27 (64- and 32-wide accumulators), against kilobytes with 64-key tiles.
+    return dict(BLOCK_N=min(block_n, 32), num_warps=8)
 
 
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
@@ -352,6 +493,14 @@ def _common(q: torch.Tensor, geom: List[int], p: int) -> tuple:
 
 def _prec(q: torch.Tensor) -> str:
     return "ieee" if q.dtype == torch.float32 else "tf32"
+
+
+def _rel_prec(q: torch.Tensor) -> str:
+    # The interpreter has no bf16 arithmetic: off the GPU the dA products run in tf32x3 (fp32 there). "meta" is
+    # the kernel report's ahead-of-time GPU build.
+    if q.dtype == torch.float32:
+        return "ieee"
+    return "bf16x3" if q.is_cuda or q.device.type == "meta" else "tf32x3"
 
 
 def _dense(*ts: Optional[torch.Tensor]) -> List[Optional[torch.Tensor]]:
@@ -377,7 +526,7 @@ def _forward(q, k, v, kp, vp, ah, aw, geom: List[int], cfg: List[int]) -> Tuple[
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         *args, nqb, d**-0.5 * LOG2E,
-        D=d, BLOCK_D=_pow2(d), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_P=block_p, HAS_POOL=kp is not None,
+        **_parts_meta(d), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_P=block_p, HAS_POOL=kp is not None,
         HAS_REL=ah is not None, PREC=_prec(q), num_warps=cfg[2], num_stages=cfg[3],
     )
     return o, lse
@@ -404,20 +553,30 @@ def _backward(do, q, k, v, kp, vp, ah, aw, o, lse, geom: List[int], cfg: List[in
                v.stride(0), v.stride(1), v.stride(2))
     kp_, vp_ = (kp, vp) if kp is not None else (q, q)
     ah_, aw_ = (ah, aw) if ah is not None else (delta, delta)
-    feats = dict(D=d, BLOCK_D=_pow2(d), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_P=block_p, HAS_POOL=kp is not None,
-                 HAS_REL=ah is not None, PREC=_prec(q), num_warps=cfg[2], num_stages=cfg[3])
+    warps = _bwd_warps(cfg, d)
+    feats = dict(**_parts_meta(d), BLOCK_M=block_m, BLOCK_N=block_n, HAS_POOL=kp is not None, HAS_REL=ah is not None,
+                 PREC=_prec(q), num_warps=warps, num_stages=cfg[3])
     nkb = triton.cdiv(t, block_n)
-    _bwd_kv[(nkb * nwin + triton.cdiv(p, block_p), b * h)](
+    # Pooled keys are the M side of their dK/dV products: at least 64 rows keeps them on wgmma.
+    block_pkv = max(block_p, min(64, block_n))
+    # dK/dV stream 32-query tiles: their products have the key block as M side (wgmma keeps 64 rows), and the
+    # [keys, queries] fp32 tiles beside the dK/dV accumulators stay small enough not to spill (kernel report).
+    _bwd_kv[(nkb * nwin + triton.cdiv(p, block_pkv), b * h)](
         q, k, v, kp_, vp_, ah_, aw_, do, lse, delta, dk, dv, dkp if kp is not None else dk,
-        dvp if vp is not None else dv, *strides, *args, nkb, nwin, d**-0.5 * LOG2E, d**-0.5, **feats,
+        dvp if vp is not None else dv, *strides, *args, nkb, nwin, d**-0.5 * LOG2E, d**-0.5, BLOCK_P=block_pkv,
+        **dict(feats, BLOCK_M=min(32, block_m)),
     )
     nqb = triton.cdiv(t, block_m)
-    _bwd_q[(nqb * nwin, b * h)](
-        q, k, v, kp_, vp_, ah_, aw_, do, lse, delta, dq, dah if ah is not None else delta,
-        daw if aw is not None else delta, *strides, *args, nqb, d**-0.5 * LOG2E, d**-0.5,
-        WH_P=_pow2(wh) if ah is not None else 16, WW_P=_pow2(ww) if ah is not None else 16,
-        REL_PREC="ieee" if q.dtype == torch.float32 else "tf32x3", **feats,
-    )
+    q_args = (q, k, v, kp_, vp_, ah_, aw_, do, lse, delta, dq, dah if ah is not None else delta,
+              daw if aw is not None else delta, *strides, *args, nqb, d**-0.5 * LOG2E, d**-0.5)
+    rel = dict(WH_P=_pow2(wh) if ah is not None else 16, WW_P=_pow2(ww) if ah is not None else 16,
+               REL_PREC=_rel_prec(q))
+    _bwd_q[(nqb * nwin, b * h)](*q_args, BLOCK_P=block_p, **rel, DQ_PASS=True, DA_PASS=False, **feats)
+    if ah is not None:
+        # The rel-pos table gradients in a pass of their own: recomputing P and dP is cheaper than the registers
+        # the [BLOCK_M, window side] accumulators and their one-hot products take beside dQ's (spills).
+        _bwd_q[(nqb * nwin, b * h)](*q_args, BLOCK_P=block_p, **rel, DQ_PASS=False, DA_PASS=True,
+                                    **dict(feats, **_da_pass_blocks(block_n)))
     return dq, dk, dv, dkp, dvp, dah, daw
 
 
@@ -685,3 +844,69 @@ def global_attention(
         return _xformers_attention()(q, k, v)
     out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# kernel resource report (python -m vitpose_fast.kernels.report)
+REPORT_MODES = ("global", "window", "shift", "pool", "shift_pool")
+
+
+def _report_spec(mode: str, rel_pos: bool, window=(8, 8)) -> AttentionSpec:
+    if mode == "global":
+        return AttentionSpec(rel_pos=rel_pos)
+    return AttentionSpec("window", window, shift="shift" in mode, pool="pool" in mode, rel_pos=rel_pos)
+
+
+def _bwd_q_label(kwargs: dict) -> str:
+    return "attn_bwd_q" if kwargs["DQ_PASS"] else "attn_bwd_dA"
+
+
+def report_cases(head_dims=(64, 80, 88, 104), modes=REPORT_MODES, rel_pos=(False, True), configs=None,
+                 grid=(36, 27), batch=32):
+    """The report's attention cases: ViTPose-H 576x432's token grid (36 x 27; 8 x 8 windows), bf16, the
+    launcher's own forward and backward at each head dim (12 heads at d64 as ViT-B, else 16), mode, rel-pos
+    setting and config (default: every AUTOTUNE_CONFIGS entry at d64 and d80, the default elsewhere)."""
+    from vitpose_fast.reference.attention import geometry
+
+    from .report import Case, meta_tensor
+
+    cases = []
+    for d in head_dims:
+        heads = 12 if d == 64 else 16
+        cfgs = configs if configs is not None else (AUTOTUNE_CONFIGS if d in (64, 80) else (DEFAULT_CONFIG,))
+        for mode in modes:
+            for rel in rel_pos:
+                spec = _report_spec(mode, rel)
+                g = geometry(spec, grid)
+                n = grid[0] * grid[1]
+                geom = [g.hp, g.wp, g.wh, g.ww, g.hpad, g.wpad, g.sh, g.sw]
+
+                def tensors(spec=spec, g=g, n=n, heads=heads, d=d):
+                    q, k, v = meta_tensor(batch, n, 3, heads, d).unbind(2)
+                    kp = vp = ah = aw = None
+                    if spec.pool:
+                        kp, vp = (meta_tensor(batch, g.num_windows, heads, d) for _ in range(2))
+                    if spec.rel_pos:
+                        ah = meta_tensor(batch, n, heads, g.wh, dtype=torch.float32)
+                        aw = meta_tensor(batch, n, heads, g.ww, dtype=torch.float32)
+                    return q, k, v, kp, vp, ah, aw
+
+                for c in cfgs:
+                    cfg = [c.block_m, c.block_n, c.num_warps, c.num_stages]
+                    label = f"{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages}"
+
+                    def fwd(tensors=tensors, geom=geom, cfg=cfg):
+                        _forward(*tensors(), geom, cfg)
+
+                    def bwd(tensors=tensors, geom=geom, cfg=cfg, n=n, heads=heads, d=d):
+                        q, k, v, kp, vp, ah, aw = tensors()
+                        o = meta_tensor(batch, n, heads, d)
+                        lse = meta_tensor(batch, heads, n, dtype=torch.float32)
+                        _backward(meta_tensor(batch, n, heads, d), q, k, v, kp, vp, ah, aw, o, lse, geom, cfg)
+
+                    common = dict(module=__name__, spec=mode + ("+rel" if rel else ""), head_dim=d, config=label,
+                                  default=c == DEFAULT_CONFIG, rel_pos=rel, tensor_core=True)
+                    cases.append(Case(kernels={"_fwd": "attn_fwd"}, launch=fwd, **common))
+                    cases.append(Case(kernels={"_bwd_kv": "attn_bwd_kv", "_bwd_q": _bwd_q_label}, launch=bwd,
+                                      **common))
+    return cases

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -195,20 +195,18 @@ def bias_gelu(a: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------------------------------
 # ahead-of-time compilation cases (sm_90a kernel report)
-def report_cases() -> List[tuple]:
-    """(jit kernel, signature, constexprs, num_warps, num_stages, description): bf16 fc1 outputs (4C = 3072,
-    4096, 5120) with the launcher's GPU tiles. n_cols and the strides are multiples of 16; pointers 16-byte
-    aligned."""
-    cases = []
-    for h in (3072, 4096, 5120):
-        block_m, block_n, num_warps = settings(h, interpreting=False)
-        fwd_sig = dict(A="*bf16", BIAS="*bf16", Y="*bf16", n_rows="i32", n_cols="i32", stride_a="i32",
-                       stride_y="i32", BLOCK_M="constexpr", BLOCK_N="constexpr")
-        cases.append((_fwd_kernel, fwd_sig, dict(BLOCK_M=block_m, BLOCK_N=block_n), num_warps, 1,
-                      f"bias_gelu fwd bf16 H={h}"))
-        bwd_sig = dict(A="*bf16", BIAS="*bf16", DY="*bf16", DA="*bf16", DBIAS_PART="*fp32", n_rows="i32",
-                       n_cols="i32", rows_per_program="i32", stride_a="i32", stride_dy="i32", stride_da="i32",
-                       BLOCK_M="constexpr", BLOCK_N="constexpr")
-        cases.append((_bwd_kernel, bwd_sig, dict(BLOCK_M=block_m, BLOCK_N=block_n), num_warps, 1,
-                      f"bias_gelu bwd bf16 H={h}"))
-    return cases
+def report_cases(rows: int = 32 * 36 * 27, widths=(1536, 3072, 4096, 5120, 6144), dtype=torch.bfloat16):
+    """The kernel report's cases (:mod:`vitpose_fast.kernels.report`): forward and backward at every ViT MLP
+    width, ViTPose-H 576x432 batch 32 rows, the launchers' own settings."""
+    from .report import Case, meta_tensor
+
+    def fwd(h):
+        _forward(meta_tensor(rows, h, dtype=dtype), meta_tensor(h, dtype=dtype))
+
+    def bwd(h):
+        a = meta_tensor(rows, h, dtype=dtype)
+        _backward(meta_tensor(rows, h, dtype=dtype), a, meta_tensor(h, dtype=dtype))
+
+    return [Case(module=__name__, kernels={name: label}, launch=functools.partial(fn, h), spec=f"H={h}")
+            for h in widths for name, label, fn in (("_fwd_kernel", "bias_gelu_fwd", fwd),
+                                                    ("_bwd_kernel", "bias_gelu_bwd", bwd))]

@@ -348,7 +348,10 @@ def _launch(heatmaps: torch.Tensor, centers: torch.Tensor, scales: torch.Tensor,
         _tuned_kernel()[grid](*args, **meta)
     else:
         cfg = _DEFAULT_CONFIG
-        _heatmap_decode_kernel[grid](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps)
+        # dark's blur-17 patches ([32, 16, 32] gathers, [32, 16, 16] selections) spill ~0.8 KB per thread at 4
+        # warps on sm_90a; 8 warps halve each thread's share (kernel report).
+        warps = 8 if method == "dark" and kernel > 11 else cfg.num_warps
+        _heatmap_decode_kernel[grid](*args, **meta, **cfg.kwargs, num_warps=warps)
     return out
 
 
@@ -392,3 +395,24 @@ def supports(heatmaps: torch.Tensor, method: str, kernel: int = 11) -> bool:
         return False
     # udp maps back with (size - 1): a one-pixel axis has no defined transform.
     return method != "udp" or (h >= 2 and w >= 2)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# kernel resource report (python -m vitpose_fast.kernels.report)
+def report_cases(batch: int = 32, keypoints: int = 17, size=(144, 108), dtype=torch.float32):
+    """The report's cases: every method at each blur size the official configs use (11: sigma 2, 17: sigma 3;
+    the blur only matters for dark and udp), ViTPose-H 576x432 heatmaps, the launcher's default config."""
+    from .report import Case, meta_tensor
+
+    cases = []
+    for method in ("argmax", "default", "dark", "udp"):
+        for k in (11, 17) if method in ("dark", "udp") else (11,):
+
+            def launch(method=method, k=k):
+                pairs = meta_tensor(batch, 2, dtype=torch.float64)
+                _launch(meta_tensor(batch, keypoints, *size, dtype=dtype), pairs, pairs, method, k)
+
+            spec = f"{method}" + (f" blur {k}" if method in ("dark", "udp") else "")
+            cases.append(Case(module=__name__, kernels={"_heatmap_decode_kernel": "heatmap_decode"}, launch=launch,
+                              spec=spec))
+    return cases

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -299,24 +299,22 @@ def residual_layer_norm(
 
 # --------------------------------------------------------------------------------------------------------------
 # ahead-of-time compilation cases (sm_90a kernel report)
-def report_cases() -> List[tuple]:
-    """(jit kernel, signature, constexprs, num_warps, num_stages, description) for the ViTPose widths in bf16,
-    with the launcher's tile settings. Integer arguments (n_cols, strides) are multiples of 16 at these widths;
-    pointers are 16-byte aligned."""
-    cases = []
-    for c in (768, 1024, 1280):
-        block_m, block_n, num_warps = settings(c, interpreting=False)
-        fwd_sig = {name: "*bf16" for name in ("X", "BR", "BIAS", "W", "LB", "S", "H")}
-        fwd_sig.update(MEAN="*fp32", RSTD="*fp32", n_rows="i32", n_cols="i32", br_rows="i32", stride_x="i32",
-                       stride_br="i32", stride_s="i32", stride_h="i32", eps="fp32",
-                       HAS_BIAS="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr")
-        cases.append((_fwd_kernel, fwd_sig, dict(HAS_BIAS=True, BLOCK_M=block_m, BLOCK_N=block_n), num_warps, 1,
-                      f"residual_layer_norm fwd bf16 C={c}"))
-        bwd_sig = dict(S="*bf16", W="*bf16", MEAN="*fp32", RSTD="*fp32", DH="*bf16", DSR="*bf16", DS="*bf16",
-                       DW_PART="*fp32", DLB_PART="*fp32", DBIAS_PART="*fp32", n_rows="i32", n_cols="i32",
-                       rows_per_program="i32", stride_s="i32", stride_dh="i32", stride_dsr="i32", stride_ds="i32",
-                       HAS_DRES="constexpr", HAS_BIAS="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr")
-        cases.append((_bwd_kernel, bwd_sig, dict(HAS_DRES=True, HAS_BIAS=True, BLOCK_M=block_m, BLOCK_N=block_n),
-                      num_warps, 1, f"residual_layer_norm bwd bf16 C={c}"))
-    return cases
+def report_cases(rows: int = 32 * 36 * 27, widths=(384, 768, 1024, 1280, 1408), dtype=torch.bfloat16):
+    """The kernel report's cases (:mod:`vitpose_fast.kernels.report`): forward and backward at every ViT width,
+    ViTPose-H 576x432 batch 32 rows, the launchers' own settings."""
+    from .report import Case, meta_tensor
 
+    def fwd(c):
+        x = meta_tensor(rows, c, dtype=dtype)
+        vec = meta_tensor(c, dtype=dtype)
+        _forward(x, meta_tensor(rows, c, dtype=dtype), vec, vec, vec, 1e-6)
+
+    def bwd(c):
+        s = meta_tensor(rows, c, dtype=dtype)
+        stats = meta_tensor(rows, dtype=torch.float32)
+        _backward(s, meta_tensor(c, dtype=dtype), stats, stats, meta_tensor(rows, c, dtype=dtype),
+                  meta_tensor(rows, c, dtype=dtype), True)
+
+    return [Case(module=__name__, kernels={name: label}, launch=functools.partial(fn, c), spec=f"C={c}")
+            for c in widths for name, label, fn in (("_fwd_kernel", "residual_ln_fwd", fwd),
+                                                    ("_bwd_kernel", "residual_ln_bwd", bwd))]

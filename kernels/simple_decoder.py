@@ -12,7 +12,9 @@ where a position outside [0, 4h) x [0, 4w) reads zero (the conv pads the UPSAMPL
 src = max((u + 0.5) / 4 - 0.5, 0), i0 = floor(src), i1 = i0 + (i0 < n - 1), lambda1 = src - i0,
 lambda0 = 1 - lambda1 (every value is a multiple of 1/8, exact in fp32). So:
 
-1. ``y = relu(x) @ W`` with W [C, 9K]: one low-resolution GEMM (cuBLAS), y [B, h, w, 9K].
+1. ``y = relu(x) @ W`` with W [C, 9 * KT]: one low-resolution GEMM (cuBLAS), y [B, h, w, 9, KT]; each tap's
+   K channels are padded with zero weight columns to KT = K rounded up to 8, so the kernels' channel loads and
+   stores are 16-byte vectors (K = 17 -> 24: 41 % more columns in a GEMM that is tiny next to the backbone).
 2. ``out(oy, ox)[k] = bias[k] + sum_t sum_{i, j} U_h(oy + dy, i) U_w(ox + dx, j) y[i, j, t, k]`` with
    U(u, .) = 0 for u outside the map: ``_upconv_fwd_kernel``. Output pixel (oy, ox = 4j + rx) only reads
    low-res rows ``oy // 4 + {-1, 0, 1}`` and columns ``j + {-1, 0, 1}``.
@@ -79,16 +81,14 @@ def _up_weight(u, idx, n):
 
 @triton.jit
 def _upconv_fwd_kernel(
-    Y,  # [B, h, w, 9K], k contiguous, tap stride K
+    Y,  # [B, h, w, 9, KT] contiguous (channels K..KT zero)
     Bias,  # [K] (unused unless HAS_BIAS)
     Out,  # [B, K, 4h, 4w], contiguous
     H,
     W,
     K,
-    stride_yb,
-    stride_yh,
-    stride_yw,
     HAS_BIAS: tl.constexpr,
+    KT: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_J: tl.constexpr,
 ):
@@ -103,20 +103,25 @@ def _upconv_fwd_kernel(
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)  # [BK]
     offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)  # [BJ] low-res columns
     mask_k = offs_k < K
+    # Loads run over the padded tap (multiple of 8 channels, zeros past K): a mask constant over 8 channels and
+    # strides that are multiples of 8 let them be 16-byte vectors instead of 2-byte scalars.
+    load_k = offs_k < KT
+    stride_yw = 9 * KT
+    stride_yh = W * stride_yw
     ox = 4 * offs_j[:, None] + tl.arange(0, 4)[None, :]  # [BJ, 4] output columns, phase rx fastest
 
-    y_b = Y + b.to(tl.int64) * stride_yb
+    y_b = Y + b.to(tl.int64) * H * stride_yh
     acc = tl.zeros([BLOCK_K, BLOCK_J, 4], dtype=tl.float32)
     for tx in tl.static_range(3):
         for c in tl.static_range(3):
             col = offs_j + (c - 1)  # [BJ] the low-res column this pass reads
             col_ok = (col >= 0) & (col < W)
-            m = mask_k[:, None] & col_ok[None, :]
+            m = load_k[:, None] & col_ok[None, :]
             # Vertical part first: the 3 ty taps x 2 bilinear rows have per-program scalar weights.
             z = tl.zeros([BLOCK_K, BLOCK_J], dtype=tl.float32)
             for ty in tl.static_range(3):
                 i0, i1, lam0, lam1, inside = _src_index(oy + (ty - 1), H)
-                ptrs = y_b + ((ty * 3 + tx) * K + offs_k)[:, None] + col[None, :] * stride_yw
+                ptrs = y_b + ((ty * 3 + tx) * KT + offs_k)[:, None] + col[None, :] * stride_yw
                 v0 = tl.load(ptrs + i0 * stride_yh, mask=m, other=0.0).to(tl.float32)
                 v1 = tl.load(ptrs + i1 * stride_yh, mask=m, other=0.0).to(tl.float32)
                 z += tl.where(inside, lam0, 0.0) * v0 + tl.where(inside, lam1, 0.0) * v1
@@ -141,27 +146,25 @@ def _upconv_fwd_kernel(
 
 
 @triton.jit
-def _store_tap_row(r, ty: tl.constexpr, gy_ptrs, ox, offs_j, W, K, mask):
+def _store_tap_row(r, ty: tl.constexpr, gy_ptrs, ox, offs_j, W, KT: tl.constexpr, mask):
     """The three taps (ty, tx) of one vertically folded window r [BK, BJ, 16]: weighted sums over the window."""
     for tx in tl.static_range(3):
         wh = _up_weight(ox + (tx - 1), offs_j[:, None], W)  # [BJ, 16]
         g = tl.sum(r * wh[None, :, :], axis=2)  # [BK, BJ]
-        tl.store(gy_ptrs + (ty * 3 + tx) * K, g.to(gy_ptrs.dtype.element_ty), mask=mask)
+        tl.store(gy_ptrs + (ty * 3 + tx) * KT, g.to(gy_ptrs.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _upconv_bwd_kernel(
     GO,  # [B, K, 4h, 4w], unit stride along the output row
-    GY,  # [B, h, w, 9K] contiguous
+    GY,  # [B, h, w, 9, KT] contiguous (channels K..KT written as zeros)
     H,
     W,
     K,
     stride_gob,
     stride_gok,
     stride_goh,
-    stride_gyb,
-    stride_gyh,
-    stride_gyw,
+    KT: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_J: tl.constexpr,
 ):
@@ -197,20 +200,23 @@ def _upconv_bwd_kernel(
         r1 += _up_weight(oy, i, H) * t
         r2 += _up_weight(oy + 1, i, H) * t
 
-    gy_ptrs = GY + b.to(tl.int64) * stride_gyb + i * stride_gyh + offs_j[None, :] * stride_gyw + offs_k[:, None]
-    mask = mask_k[:, None] & mask_j[None, :]
-    _store_tap_row(r0, 0, gy_ptrs, ox, offs_j, W, K, mask)
-    _store_tap_row(r1, 1, gy_ptrs, ox, offs_j, W, K, mask)
-    _store_tap_row(r2, 2, gy_ptrs, ox, offs_j, W, K, mask)
+    stride_gyw = 9 * KT
+    gy_ptrs = GY + (pid_row.to(tl.int64) * W + offs_j[None, :]) * stride_gyw + offs_k[:, None]
+    mask = (offs_k < KT)[:, None] & mask_j[None, :]
+    _store_tap_row(r0, 0, gy_ptrs, ox, offs_j, W, KT, mask)
+    _store_tap_row(r1, 1, gy_ptrs, ox, offs_j, W, KT, mask)
+    _store_tap_row(r2, 2, gy_ptrs, ox, offs_j, W, KT, mask)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # configs: one default per kernel; the sweep only with VITPOSE_FAST_AUTOTUNE=1 (never in the interpreter)
 def _default_fwd_config(k: int, w: int) -> Dict[str, int]:
-    # BLOCK_K 16 wastes no more lanes than 32 for K = 17 (2 blocks either way) and fewer for K = 133, and keeps
-    # the sm_90 build at ~118 registers (4 blocks per SM) against ~156 for [32, 32, 4].
+    # BLOCK_K 16 wastes no more lanes than 32 for K = 17 (2 blocks either way) and fewer for K = 133. The 54 tile
+    # loads per program are all issued ahead of the arithmetic, so registers grow with the tile per thread:
+    # [16, 32] over 4 warps built at 255 registers plus spills with triton 3.6 (107 with 3.9); [16, 16] stays
+    # at ~150 with both (kernel report).
     block_k = min(16, triton.next_power_of_2(k))
-    return {"BLOCK_K": block_k, "BLOCK_J": min(32, triton.next_power_of_2(w)), "num_warps": 4}
+    return {"BLOCK_K": block_k, "BLOCK_J": min(16, triton.next_power_of_2(w)), "num_warps": 4}
 
 
 def _default_bwd_config(k: int, w: int) -> Dict[str, int]:
@@ -239,64 +245,71 @@ else:
 
 # --------------------------------------------------------------------------------------------------------------
 # launchers
-def upconv_fwd(y: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """Step 2: y [B, h, w, 9K] (k contiguous, taps (ty, tx) row-major) + bias [K] -> out [B, K, 4h, 4w]."""
-    if y.dim() != 4 or y.shape[-1] % 9 != 0 or y.stride(-1) != 1:
-        raise ValueError(
-            f"upconv_fwd expects y [B, h, w, 9K] with unit last stride, got {tuple(y.shape)} strides {y.stride()}"
-        )
-    b, h, w, nine_k = y.shape
-    k = nine_k // 9
+def tap_width(k: int) -> int:
+    """Channels per tap in y and grad_y: K rounded up to a multiple of 8 (16-byte rows in half precision)."""
+    return -(-k // 8) * 8
+
+
+def upconv_fwd(y: torch.Tensor, bias: Optional[torch.Tensor], k: int) -> torch.Tensor:
+    """Step 2: y [B, h, w, 9 * tap_width(k)] contiguous (taps (ty, tx) row-major, channels past k zero) + bias [k]
+    -> out [B, k, 4h, 4w]."""
+    kt = tap_width(k)
+    if y.dim() != 4 or y.shape[-1] != 9 * kt or not y.is_contiguous():
+        raise ValueError(f"upconv_fwd expects a contiguous y [B, h, w, {9 * kt}] for k = {k}, got {tuple(y.shape)} "
+                         f"strides {y.stride()}")
+    b, h, w, _ = y.shape
     if bias is not None and (bias.shape != (k,) or not bias.is_contiguous()):
         raise ValueError(f"upconv_fwd expects a contiguous bias of shape ({k},), got {tuple(bias.shape)}")
     out = torch.empty(b, k, 4 * h, 4 * w, device=y.device, dtype=y.dtype)
     if out.numel() == 0:
         return out
-    args = (y, bias if bias is not None else y, out, h, w, k, y.stride(0), y.stride(1), y.stride(2))
+    args = (y, bias if bias is not None else y, out, h, w, k)
     if AUTOTUNE:
         grid = lambda meta: (b * 4 * h, triton.cdiv(w, meta["BLOCK_J"]), triton.cdiv(k, meta["BLOCK_K"]))  # noqa: E731
-        _fwd_launch[grid](*args, HAS_BIAS=bias is not None)
+        _fwd_launch[grid](*args, HAS_BIAS=bias is not None, KT=kt)
     else:
         cfg = _default_fwd_config(k, w)
         grid = (b * 4 * h, triton.cdiv(w, cfg["BLOCK_J"]), triton.cdiv(k, cfg["BLOCK_K"]))
-        _fwd_launch[grid](*args, HAS_BIAS=bias is not None, **cfg)
+        _fwd_launch[grid](*args, HAS_BIAS=bias is not None, KT=kt, **cfg)
     return out
 
 
 def upconv_bwd(grad_out: torch.Tensor) -> torch.Tensor:
-    """Adjoint of step 2: grad_out [B, K, 4h, 4w] -> grad_y [B, h, w, 9K] contiguous, in grad_out's dtype."""
+    """Adjoint of step 2: grad_out [B, K, 4h, 4w] -> grad_y [B, h, w, 9 * tap_width(K)] contiguous (zeros past
+    K in each tap), in grad_out's dtype."""
     if grad_out.dim() != 4 or grad_out.shape[2] % 4 != 0 or grad_out.shape[3] % 4 != 0:
         raise ValueError(f"upconv_bwd expects grad_out [B, K, 4h, 4w], got {tuple(grad_out.shape)}")
     if grad_out.stride(-1) != 1:
         grad_out = grad_out.contiguous()
     b, k, h4, w4 = grad_out.shape
     h, w = h4 // 4, w4 // 4
-    grad_y = torch.empty(b, h, w, 9 * k, device=grad_out.device, dtype=grad_out.dtype)
+    kt = tap_width(k)
+    grad_y = torch.empty(b, h, w, 9 * kt, device=grad_out.device, dtype=grad_out.dtype)
     if grad_y.numel() == 0:
         return grad_y
-    args = (grad_out, grad_y, h, w, k, grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
-            grad_y.stride(0), grad_y.stride(1), grad_y.stride(2))
+    args = (grad_out, grad_y, h, w, k, grad_out.stride(0), grad_out.stride(1), grad_out.stride(2))
+    # Programs cover channel blocks up to kt so the padding is written (zeros) too.
     if AUTOTUNE:
-        grid = lambda meta: (b * h, triton.cdiv(w, meta["BLOCK_J"]), triton.cdiv(k, meta["BLOCK_K"]))  # noqa: E731
-        _bwd_launch[grid](*args)
+        grid = lambda meta: (b * h, triton.cdiv(w, meta["BLOCK_J"]), triton.cdiv(kt, meta["BLOCK_K"]))  # noqa: E731
+        _bwd_launch[grid](*args, KT=kt)
     else:
         cfg = _default_bwd_config(k, w)
-        grid = (b * h, triton.cdiv(w, cfg["BLOCK_J"]), triton.cdiv(k, cfg["BLOCK_K"]))
-        _bwd_launch[grid](*args, **cfg)
+        grid = (b * h, triton.cdiv(w, cfg["BLOCK_J"]), triton.cdiv(kt, cfg["BLOCK_K"]))
+        _bwd_launch[grid](*args, KT=kt, **cfg)
     return grad_y
 
 
 # --------------------------------------------------------------------------------------------------------------
 # torch.library ops (opaque to torch.compile, with fake impls for tracing)
 @torch.library.custom_op("vitpose_fast::simple_decoder_upconv_fwd", mutates_args=())
-def _upconv_fwd_op(y: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    return upconv_fwd(y, bias)
+def _upconv_fwd_op(y: torch.Tensor, bias: Optional[torch.Tensor], k: int) -> torch.Tensor:
+    return upconv_fwd(y, bias, k)
 
 
 @_upconv_fwd_op.register_fake
-def _(y: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    b, h, w, nine_k = y.shape
-    return y.new_empty(b, nine_k // 9, 4 * h, 4 * w)
+def _(y: torch.Tensor, bias: Optional[torch.Tensor], k: int) -> torch.Tensor:
+    b, h, w, _ = y.shape
+    return y.new_empty(b, k, 4 * h, 4 * w)
 
 
 @torch.library.custom_op("vitpose_fast::simple_decoder_upconv_bwd", mutates_args=())
@@ -307,15 +320,16 @@ def _upconv_bwd_op(grad_out: torch.Tensor) -> torch.Tensor:
 @_upconv_bwd_op.register_fake
 def _(grad_out: torch.Tensor) -> torch.Tensor:
     b, k, h4, w4 = grad_out.shape
-    return grad_out.new_empty(b, h4 // 4, w4 // 4, 9 * k)
+    return grad_out.new_empty(b, h4 // 4, w4 // 4, 9 * tap_width(k))
 
 
 # --------------------------------------------------------------------------------------------------------------
 # autograd
 def _weight_matrix(weight: torch.Tensor) -> torch.Tensor:
-    """[K, C, 3, 3] -> [C, 9K] with column (ty * 3 + tx) * K + k."""
+    """[K, C, 3, 3] -> [C, 9 * KT] with column (ty * 3 + tx) * KT + k, KT = tap_width(K), zero columns past K."""
     k, c = weight.shape[:2]
-    return weight.permute(1, 2, 3, 0).reshape(c, 9 * k)
+    w = weight.permute(1, 2, 3, 0)
+    return torch.nn.functional.pad(w, (0, tap_width(k) - k)).reshape(c, -1)
 
 
 class SimpleDecoderFunction(torch.autograd.Function):
@@ -328,9 +342,10 @@ class SimpleDecoderFunction(torch.autograd.Function):
         r = torch.relu(x.permute(0, 2, 3, 1).reshape(b * h * w, c))
         w_mat = _weight_matrix(weight)
         y = torch.mm(r, w_mat).view(b, h, w, w_mat.shape[1])
-        out = _upconv_fwd_op(y, bias)
+        out = _upconv_fwd_op(y, bias, weight.shape[0])
         ctx.save_for_backward(r, w_mat)
         ctx.x_shape = (b, c, h, w)
+        ctx.k = weight.shape[0]
         ctx.has_bias = bias is not None
         return out
 
@@ -338,15 +353,15 @@ class SimpleDecoderFunction(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         r, w_mat = ctx.saved_tensors
         b, c, h, w = ctx.x_shape
-        k = w_mat.shape[1] // 9
+        k, kt = ctx.k, w_mat.shape[1] // 9
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            grad_y = _upconv_bwd_op(grad_out).view(b * h * w, 9 * k)
+            grad_y = _upconv_bwd_op(grad_out).view(b * h * w, 9 * kt)
             if ctx.needs_input_grad[0]:
                 grad_r = torch.mm(grad_y, w_mat.t()) * (r > 0)  # relu's backward: pass where relu(x) > 0
                 grad_x = grad_r.view(b, h, w, c).permute(0, 3, 1, 2)
             if ctx.needs_input_grad[1]:
-                grad_weight = torch.mm(r.t(), grad_y).view(c, 3, 3, k).permute(3, 0, 1, 2).contiguous()
+                grad_weight = torch.mm(r.t(), grad_y).view(c, 3, 3, kt)[..., :k].permute(3, 0, 1, 2).contiguous()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_out.sum(dim=(0, 2, 3), dtype=torch.float32).to(grad_out.dtype)
         return grad_x, grad_weight, grad_bias
@@ -378,3 +393,24 @@ def simple_decoder(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     if bias is not None:
         bias = bias.to(x.dtype).contiguous()
     return SimpleDecoderFunction.apply(x, weight, bias)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# kernel resource report (python -m vitpose_fast.kernels.report)
+def report_cases(batch: int = 32, grid=(36, 27), keypoints: int = 17, dtype=torch.bfloat16):
+    """The report's cases: forward and backward of step 2 at ViTPose-H 576x432 (36 x 27 -> 144 x 108 heatmaps,
+    17 keypoints), bf16, the launchers' default configs."""
+    from .report import Case, meta_tensor
+
+    h, w = grid
+
+    def fwd():
+        y = meta_tensor(batch, h, w, 9 * tap_width(keypoints), dtype=dtype)
+        upconv_fwd(y, meta_tensor(keypoints, dtype=dtype), keypoints)
+
+    def bwd():
+        upconv_bwd(meta_tensor(batch, keypoints, 4 * h, 4 * w, dtype=dtype))
+
+    common = dict(module=__name__, spec=f"{4 * h}x{4 * w} K{keypoints}")
+    return [Case(kernels={"_fwd_launch": "decoder_fwd"}, launch=fwd, **common),
+            Case(kernels={"_bwd_launch": "decoder_bwd"}, launch=bwd, **common)]

@@ -79,6 +79,31 @@ def test_kernel_matches_reference(mode, rel_pos, b, grid, window, heads, d, bloc
     _assert_close(got, want, atol=2e-5)
 
 
+# Head dims that are not powers of two run as power-of-two column parts (80 = 64 + 16, 88 -> 64 + 32,
+# 104 -> 64 + 32 + 16): every part's loads, dots and stores, forward and backward, against the oracle.
+@pytest.mark.parametrize("d", [80, 88, 104])
+@pytest.mark.parametrize("mode,rel_pos,grid,window", [(GLOBAL, True, (3, 5), None), (SHIFT_POOL, True, (5, 3), (2, 2)),
+                                                      (WINDOW, False, (4, 3), (2, 3))])
+def test_kernel_split_head_dims_match_reference(d, mode, rel_pos, grid, window):
+    from vitpose_fast.kernels import attention as kernel
+
+    spec = _spec(mode, window, rel_pos)
+    qkv, tables = _inputs(1, grid, 2, d, spec)
+    do = torch.randn(1, grid[0] * grid[1], 2, d)
+    got = _run(kernel.attention, qkv, tables, spec, grid, do)
+    _assert_close(got, _run(attention_ref, qkv, tables, spec, grid, do), atol=2e-5)
+
+
+def test_head_dim_parts_are_exact_or_nearly():
+    from vitpose_fast.kernels.attention import head_dim_parts
+
+    assert head_dim_parts(80) == (64, 16)  # ViT-H: no padded MMA columns
+    for d in range(1, 129):
+        parts = head_dim_parts(d)
+        assert 1 <= len(parts) <= 3 and all(p >= 16 and p & (p - 1) == 0 for p in parts), (d, parts)
+        assert sum(parts) >= d and (sum(parts) - d < 16 or sum(parts) == 16), (d, parts)
+
+
 def test_kernel_fp16_error_within_twice_torch():
     """fp16 (interpreter): kernel error vs the fp32 oracle <= 2x the SDPA composition's own fp16 error."""
     from vitpose_fast.kernels import attention as kernel

@@ -168,7 +168,8 @@ class _ShapeLog(TorchDispatchMode):
 
 @pytest.mark.parametrize("impl", [simple_decoder_torch, kernel.simple_decoder], ids=["torch", "triton"])
 def test_reorder_never_builds_a_C_channel_highres_tensor(impl: Impl):
-    b, c, k, h, w = 1, 64, 2, 2, 1
+    # A map large enough that the padded [C, 9 * 8] weight matrix (taps padded to 8 channels) stays below it.
+    b, c, k, h, w = 1, 64, 2, 4, 2
     x, weight, bias, grad_out = _inputs(b, c, k, h, w)
     x.requires_grad_()
     weight.requires_grad_()
