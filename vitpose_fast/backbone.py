@@ -33,6 +33,8 @@ import torch.utils.checkpoint
 
 from . import ops
 from .config import AttentionSpec, BackboneConfig
+from .fp8 import Fp8Linear
+from .fp8 import concat_forward as fp8_concat_forward
 from .reference.attention import extra_query_attention
 
 DatasetIndex = Union[None, int, torch.Tensor]
@@ -148,6 +150,8 @@ class MoEMlp(nn.Module):
             # One dataset in the batch (the usual case): one GEMM over the concatenated projection, exactly the
             # cost of a dense ViT FFN.
             e = self.experts[int(dataset_index)]
+            if isinstance(e, Fp8Linear):
+                return fp8_concat_forward(h, [self.fc2, e])
             return F.linear(h, torch.cat([self.fc2.weight, e.weight]), torch.cat([self.fc2.bias, e.bias]))
         idx = _index_tensor(dataset_index, x)
         shared = self.fc2(h)

@@ -78,8 +78,38 @@ class Model(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ backend
     def set_backend(self, backend: str) -> "Model":
+        from .fp8 import set_backend
+
         self.backend = ops.check_backend(backend)
+        set_backend(self, self.backend)
         return self
+
+    def quantize_fp8(self) -> "Model":
+        """FP8 inference (in place): the backbone's qkv, proj, fc1, fc2 and ViTPose+ expert weights become
+        float8_e4m3fn codes with one fp32 scale per output channel; their inputs are quantized per token at run
+        time and the GEMMs run on ``torch._scaled_mm`` (bf16 out). Attention, patch embedding, LayerNorm and the
+        heads keep the model's dtype: cast to bf16 first (``vitpose_fast.fp8.apply_precision(model, "fp8")``
+        does both). Inference only; a quantized model cannot be saved (save it before). Raises
+        :class:`vitpose_fast.fp8.Fp8UnavailableError` on a GPU without FP8 tensor cores (before sm_89) or a
+        torch without ``_scaled_mm``, naming the fallback (bf16)."""
+        from .fp8 import check_fp8_support, quantize_backbone
+
+        check_fp8_support(self.backbone.pos_embed.device)
+        if self.training:
+            raise RuntimeError("quantize_fp8 is for inference: call model.eval() first (FP8 layers have no gradients)")
+        quantize_backbone(self.backbone, self.backend)
+        return self
+
+    @property
+    def is_fp8(self) -> bool:
+        from .fp8 import is_quantized
+
+        return is_quantized(self.backbone)
+
+    def _check_not_fp8(self, what: str) -> None:
+        if self.is_fp8:
+            raise ValueError(f"{what}: this model's GEMM weights are FP8 codes (quantize_fp8 is an inference-time "
+                             "form); save the model before quantizing it")
 
     def resolved_backend(self, device: Optional[torch.device] = None) -> str:
         if device is None:
@@ -200,18 +230,21 @@ class Model(nn.Module):
         loadable with ``torch.load(weights_only=True)``."""
         from .checkpoint import save_own
 
+        self._check_not_fp8("save")
         save_own(self, path)
 
     def export_official(self, path: Union[str, os.PathLike]) -> None:
         """Write an official mmpose-layout ``.pth`` (``{"state_dict", "meta"}``)."""
         from .checkpoint import save_official
 
+        self._check_not_fp8("export_official")
         save_official(self, path)
 
     def save_pretrained_hf(self, folder: Union[str, os.PathLike]) -> None:
         """Write a Hugging Face ``save_pretrained``-layout folder (config.json + model.safetensors)."""
         from .checkpoint import save_hf
 
+        self._check_not_fp8("save_pretrained_hf")
         save_hf(self, folder)
 
     def predict(self, images, boxes=None, box_format: str = "xyxy", flip_test: bool = True,
