@@ -8,6 +8,9 @@
     The official COCO top-down evaluation: GT boxes (official clean-up: clipped, ``w - 1``) or detections,
     flip test, rescoring, OKS-NMS, ``COCOeval``; prints the AP table.
 
+``--precision fp32|bf16|fp8`` (both commands): the model's numerics; ``fp8`` runs the backbone's GEMMs on FP8
+tensor cores (see :mod:`vitpose_fast.fp8`), so ``eval --precision fp8`` measures its AP on your data.
+
 ``--weights`` is anything :meth:`vitpose_fast.Model.from_pretrained` loads (our checkpoints, official ``.pth``,
 Hugging Face folders); ``--model PRESET`` instead builds that preset and loads the weights into it strictly.
 """
@@ -28,21 +31,28 @@ from tqdm import tqdm
 from .config import PRESET_NAMES
 from .crop import box_to_center_scale
 from .decode import DECODE_METHODS
+from .fp8 import PRECISIONS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 IMAGES_PER_CALL = 16  # images per predict() call: enough persons to fill a batch, bounded host memory
 
 
-def _load_model(weights: str, preset: Optional[str], device: str):
+def _load_model(weights: str, preset: Optional[str], device: str, precision: str = "fp32"):
     from .checkpoint import load_into, read_checkpoint
+    from .fp8 import Fp8UnavailableError, apply_precision, check_fp8_support
     from .model import Model
 
-    if preset is None:
-        model = Model.from_pretrained(weights)
-    else:
-        model = Model.from_config(preset)
-        load_into(model, read_checkpoint(weights)[0])
-    return model.to(device).eval()
+    try:
+        if precision == "fp8":  # before loading: a GPU without FP8 says so at once
+            check_fp8_support(torch.device(device))
+        if preset is None:
+            model = Model.from_pretrained(weights)
+        else:
+            model = Model.from_config(preset)
+            load_into(model, read_checkpoint(weights)[0])
+        return apply_precision(model.to(device).eval(), precision)
+    except Fp8UnavailableError as e:
+        raise SystemExit(f"vitpose-fast: --precision fp8: {e}") from None
 
 
 def _default_device() -> str:
@@ -118,7 +128,7 @@ def cmd_predict(args) -> int:
         boxes = [dets.get(i, np.zeros((0, 5))) for i in ids]
     else:
         boxes = [None] * len(paths)
-    model = _load_model(args.weights, args.model, args.device)
+    model = _load_model(args.weights, args.model, args.device, args.precision)
     results = []
     for i, image, persons in _predict_all(model, paths, boxes, args, "predict"):
         if persons:
@@ -176,7 +186,7 @@ def cmd_eval(args) -> int:
     else:
         boxes = [_gt_boxes(coco, i) for i in image_ids]
     paths = [Path(args.images) / coco.loadImgs(i)[0]["file_name"] for i in image_ids]
-    model = _load_model(args.weights, args.model, args.device)
+    model = _load_model(args.weights, args.model, args.device, args.precision)
     in_h, in_w = model.config.backbone.img_size
     all_ids, all_kps, all_scores, all_areas = [], [], [], []
     for i, _, persons in _predict_all(model, paths, boxes, args, "eval"):
@@ -212,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--no-flip", action="store_true", help="disable the flip test")
     common.add_argument("--decode", choices=DECODE_METHODS, default="udp")
     common.add_argument("--dataset-index", type=int, default=None, help="ViTPose+ expert/head (0 = COCO)")
+    common.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (default), bf16, or fp8: bf16 with the backbone GEMMs in FP8 (sm_89+ GPUs, CPU)")
     common.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("predict", parents=[common], help="keypoints for images (COCO results json)")
