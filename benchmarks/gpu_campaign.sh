@@ -62,8 +62,8 @@ done
 RUN="$PY benchmarks/run.py --out $RESULTS"
 # ViT-H 576x432: every backend but compile (the reference at 64 crops is ~2 s per call, hence few iterations);
 # then compile (max-autotune, one compile per batch size) against sdpa-bf16 and vitpose_fast at batch 64 only.
-step run_h_576x432 150 $RUN --model vitpose_h --res 576x432 --batch 1,8,32,64 --iters 10 --warmup 3 \
-    --backends reference,hf,hf-bf16,sdpa-bf16,xformers,flash-attn,vitpose_fast
+step run_h_576x432 170 $RUN --model vitpose_h --res 576x432 --batch 1,8,32,64 --iters 10 --warmup 3 \
+    --backends reference,hf,hf-bf16,sdpa-bf16,xformers,flash-attn,vitpose_fast,vitpose_fast-fp8
 step run_b_256x192_train_e2e 120 $RUN --model vitpose_b --res 256x192 --batch 1,8,32,64 --iters 20 --warmup 5 \
     --train --e2e --backends reference,hf,hf-bf16,sdpa-bf16,xformers,flash-attn,vitpose_fast
 step run_b_256x192_attention 60 $RUN --model vitpose_b --res 256x192 --batch 8,32 --iters 10 --warmup 3 \

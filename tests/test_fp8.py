@@ -171,3 +171,27 @@ def test_precisions_list_is_what_the_cli_offers():
 
     args = build_parser().parse_args(["eval", "--weights", "w", "--ann", "a", "--images", "i", "--precision", "fp8"])
     assert args.precision == "fp8" and fp8_mod.PRECISIONS == ("fp32", "bf16", "fp8")
+
+
+# ------------------------------------------------------------------------------------------------------ GPU
+@pytest.mark.gpu
+def test_cuda_fp8_path_matches_the_oracle():
+    if fp8_mod.fp8_unavailable_reason(torch.device("cuda")):
+        pytest.skip("this GPU has no FP8 tensor cores")
+    from vitpose_fast.kernels import fp8_quant
+
+    x = torch.randn(300, 1280, device="cuda", dtype=torch.bfloat16)
+    q, s = fp8_quant.quantize_rows(x)
+    qr, sr = quantize_rows_ref(x)
+    assert torch.equal(q.view(torch.uint8), qr.view(torch.uint8)) and torch.equal(s, sr)
+    qw, sw = quantize_weight(torch.randn(5120, 1280, device="cuda") * 0.02)
+    bias = torch.randn(5120, device="cuda")
+    out = ops.fp8_linear(x, qw, sw, bias, "triton")
+    ref = fp8_linear_ref(q, s, qw, sw, bias)
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2**-7, atol=1e-3)
+    model = _tiny(embed_dim=128).cuda()
+    xin = torch.randn(4, 3, 64, 48, device="cuda")
+    with torch.no_grad():
+        base = model(xin)
+        f8 = apply_precision(model, "fp8")(xin.bfloat16())
+    assert _rel(f8, base) < 0.05
