@@ -14,7 +14,7 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 
-from . import ops
+from . import fp8, ops
 from .backbone import Backbone, DatasetIndex
 from .config import ModelConfig, preset, with_overrides
 from .heads import build_head
@@ -78,10 +78,8 @@ class Model(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ backend
     def set_backend(self, backend: str) -> "Model":
-        from .fp8 import set_backend
-
         self.backend = ops.check_backend(backend)
-        set_backend(self, self.backend)
+        fp8.set_backend(self, self.backend)
         return self
 
     def quantize_fp8(self) -> "Model":
@@ -92,19 +90,15 @@ class Model(nn.Module):
         does both). Inference only; a quantized model cannot be saved (save it before). Raises
         :class:`vitpose_fast.fp8.Fp8UnavailableError` on a GPU without FP8 tensor cores (before sm_89) or a
         torch without ``_scaled_mm``, naming the fallback (bf16)."""
-        from .fp8 import check_fp8_support, quantize_backbone
-
-        check_fp8_support(self.backbone.pos_embed.device)
+        fp8.check_fp8_support(self.backbone.pos_embed.device)
         if self.training:
             raise RuntimeError("quantize_fp8 is for inference: call model.eval() first (FP8 layers have no gradients)")
-        quantize_backbone(self.backbone, self.backend)
+        fp8.quantize_backbone(self.backbone, self.backend)
         return self
 
     @property
     def is_fp8(self) -> bool:
-        from .fp8 import is_quantized
-
-        return is_quantized(self.backbone)
+        return fp8.is_quantized(self.backbone)
 
     def _check_not_fp8(self, what: str) -> None:
         if self.is_fp8:
