@@ -38,6 +38,7 @@ from .fp8 import concat_forward as fp8_concat_forward
 from .reference.attention import extra_query_attention
 
 DatasetIndex = Union[None, int, torch.Tensor]
+BranchOut = Tuple[torch.Tensor, Optional[torch.Tensor]]  # a block branch's output and its pending Linear bias
 
 
 class DropPath(nn.Module):
@@ -94,6 +95,10 @@ class Attention(nn.Module):
             self.rel_pos_h = self.rel_pos_w = None
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int], backend: str) -> torch.Tensor:
+        return self.proj(self.mix(x, grid, backend))
+
+    def mix(self, x: torch.Tensor, grid: Tuple[int, int], backend: str) -> torch.Tensor:
+        """Everything before ``proj``: the attention output [B, N + T, C] (heads concatenated)."""
         b, n, c = x.shape
         n_grid = grid[0] * grid[1]
         if n < n_grid:
@@ -103,13 +108,13 @@ class Attention(nn.Module):
         if n == n_grid:
             q, k, v = qkv.unbind(2)
             out = ops.attention(q, k, v, self.spec, grid, self.rel_pos_h, self.rel_pos_w, backend=backend)
-            return self.proj(out.reshape(b, n, c))
+            return out.reshape(b, n, c)
         q, k, v = qkv[:, :n_grid].unbind(2)
         extra_q, extra_k, extra_v = qkv[:, n_grid:].unbind(2)
         out = ops.attention(q, k, v, self.spec, grid, self.rel_pos_h, self.rel_pos_w, backend=backend,
                             extra_k=extra_k, extra_v=extra_v)
         extra_out = extra_query_attention(extra_q, qkv[:, :, 1], qkv[:, :, 2])
-        return self.proj(torch.cat([out, extra_out], dim=1).reshape(b, n, c))
+        return torch.cat([out, extra_out], dim=1).reshape(b, n, c)
 
 
 class Mlp(nn.Module):
@@ -121,6 +126,11 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor, dataset_index: DatasetIndex = None, backend: str = "torch") -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
+
+    def forward_split(self, x: torch.Tensor, dataset_index: DatasetIndex, backend: str) -> BranchOut:
+        """(fc2 output without its bias, the bias) where the backend fuses the bias into the residual op."""
+        h = _fc1_gelu(self.fc1, x, backend)
+        return _linear_split(h, self.fc2.weight, self.fc2.bias, backend)
 
 
 class MoEMlp(nn.Module):
@@ -153,7 +163,21 @@ class MoEMlp(nn.Module):
             if isinstance(e, Fp8Linear):
                 return fp8_concat_forward(h, [self.fc2, e])
             return F.linear(h, torch.cat([self.fc2.weight, e.weight]), torch.cat([self.fc2.bias, e.bias]))
-        idx = _index_tensor(dataset_index, x)
+        return self._mixed(h, dataset_index)
+
+    def forward_split(self, x: torch.Tensor, dataset_index: DatasetIndex, backend: str) -> BranchOut:
+        """As :meth:`Mlp.forward_split`; one dataset: the concatenated fc2 + expert projection without bias."""
+        h = _fc1_gelu(self.fc1, x, backend)
+        if isinstance(dataset_index, int) or (
+            isinstance(dataset_index, torch.Tensor) and dataset_index.numel() == 1
+        ):
+            e = self.experts[int(dataset_index)]
+            return _linear_split(h, torch.cat([self.fc2.weight, e.weight]), torch.cat([self.fc2.bias, e.bias]),
+                                 backend)
+        return self._mixed(h, dataset_index), None
+
+    def _mixed(self, h: torch.Tensor, dataset_index: DatasetIndex) -> torch.Tensor:
+        idx = _index_tensor(dataset_index, h)
         shared = self.fc2(h)
         part = h.new_empty(h.shape[:-1] + (self.part_features,))
         # Each expert runs only on its own samples (a host sync for the grouping; mixed batches are training).
@@ -161,6 +185,19 @@ class MoEMlp(nn.Module):
             sel = (idx == i).nonzero(as_tuple=True)[0]
             part[sel] = self.experts[i](h[sel])
         return torch.cat([shared, part], dim=-1)
+
+
+def _fc1_gelu(fc1: nn.Linear, x: torch.Tensor, backend: str) -> torch.Tensor:
+    if ops.fuses_linear_bias(backend):
+        return ops.bias_gelu(F.linear(x, fc1.weight), fc1.bias, backend)
+    return F.gelu(fc1(x))
+
+
+def _linear_split(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], backend: str) -> BranchOut:
+    """A Linear whose bias the following fused residual op adds (where the backend fuses it) or the GEMM adds."""
+    if ops.fuses_linear_bias(backend):
+        return F.linear(x, weight), bias
+    return F.linear(x, weight, bias), None
 
 
 def _index_tensor(dataset_index: DatasetIndex, x: torch.Tensor) -> torch.Tensor:
@@ -188,6 +225,23 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, grid: Tuple[int, int], dataset_index: DatasetIndex, backend: str):
         x = x + self.drop_path(self.attn(self.norm1(x), grid, backend))
         return x + self.drop_path(self.mlp(self.norm2(x), dataset_index, backend))
+
+    def forward_fused(self, x: torch.Tensor, h: torch.Tensor, grid: Tuple[int, int], dataset_index: DatasetIndex,
+                      backend: str, next_norm: nn.LayerNorm) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The same block on (x, h = norm1(x)) -> (x_out, next_norm(x_out)): each residual add is fused with the
+        LayerNorm after it (and with the proj / fc2 bias where the backend fuses it), see
+        :func:`vitpose_fast.ops.residual_layer_norm`."""
+        a = _linear_split(self.attn.mix(h, grid, backend), self.attn.proj.weight, self.attn.proj.bias, backend)
+        a, a_bias = self._dropped(*a)
+        x, h = ops.residual_layer_norm(x, a, a_bias, self.norm2.weight, self.norm2.bias, self.norm2.eps, backend)
+        m, m_bias = self._dropped(*self.mlp.forward_split(h, dataset_index, backend))
+        return ops.residual_layer_norm(x, m, m_bias, next_norm.weight, next_norm.bias, next_norm.eps, backend)
+
+    def _dropped(self, branch: torch.Tensor, bias: Optional[torch.Tensor]) -> BranchOut:
+        # Stochastic depth drops the whole branch, its bias included: add the bias before masking.
+        if self.drop_path.p == 0.0 or not self.training:
+            return branch, bias
+        return self.drop_path(branch if bias is None else branch + bias.to(branch.dtype)), None
 
 
 class Backbone(nn.Module):
@@ -232,6 +286,8 @@ class Backbone(nn.Module):
         self, x: torch.Tensor, dataset_index: DatasetIndex = None, backend: str = "torch"
     ) -> Tuple[torch.Tensor, Tuple[int, int]]:
         x, grid = self.patch_embed(x)
+        if backend != "reference":
+            return self._forward_fused(x, grid, dataset_index, backend), grid
         # The cls slot's embedding is added to every patch token (official; a no-op for MAE sin-cos tables).
         x = x + self.pos_embed[:, 1:] + self.pos_embed[:, :1]
         n_grid = x.shape[1]
@@ -243,6 +299,27 @@ class Backbone(nn.Module):
             else:
                 x = blk(x, grid, dataset_index, backend)
         return self.last_norm(x[:, :n_grid]), grid
+
+    def _forward_fused(self, x: torch.Tensor, grid: Tuple[int, int], dataset_index: DatasetIndex,
+                       backend: str) -> torch.Tensor:
+        """forward_tokens' blocks with every residual add fused into the LayerNorm after it: the position
+        embedding into the first norm1, each block's adds into its norm2 and the next norm1, the last into
+        last_norm (a per-token op, so the knowledge tokens' rows are normalised and then dropped)."""
+        norms = [blk.norm1 for blk in self.blocks] + [self.last_norm]
+        pos = self.pos_embed[:, 1:] + self.pos_embed[:, :1]
+        n_grid = x.shape[1]
+        if self.knowledge_token is None:
+            x, h = ops.residual_layer_norm(x, pos, None, norms[0].weight, norms[0].bias, norms[0].eps, backend)
+        else:
+            x = torch.cat([x + pos, self.knowledge_token.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+            h = ops.layer_norm(x, norms[0].weight, norms[0].bias, norms[0].eps)
+        for i, blk in enumerate(self.blocks):
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x, h = torch.utils.checkpoint.checkpoint(blk.forward_fused, x, h, grid, dataset_index, backend,
+                                                         norms[i + 1], use_reentrant=False)
+            else:
+                x, h = blk.forward_fused(x, h, grid, dataset_index, backend, norms[i + 1])
+        return h[:, :n_grid]
 
     def forward(self, x: torch.Tensor, dataset_index: DatasetIndex = None, backend: str = "torch") -> torch.Tensor:
         tokens, (hp, wp) = self.forward_tokens(x, dataset_index, backend)

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from . import fp8, ops
+from . import optimize as _optimize
 from .backbone import Backbone, DatasetIndex
 from .config import ModelConfig, preset, with_overrides
 from .heads import build_head
@@ -41,6 +42,7 @@ class Model(nn.Module):
         self.associate_keypoint_heads = nn.ModuleList(
             build_head(c, dataclasses.replace(config.head, num_keypoints=k), up) for k in config.extra_heads
         )
+        self._optimized = None  # set by optimize()
         self.init_weights()
 
     # ---------------------------------------------------------------------------------------------- building
@@ -160,9 +162,45 @@ class Model(nn.Module):
         return self.backbone(pixel_values, dataset_index, self.resolved_backend(pixel_values.device))
 
     def forward(self, pixel_values: torch.Tensor, dataset_index: DatasetIndex = None) -> torch.Tensor:
+        if self._optimized is not None and not self.training and not torch.compiler.is_compiling():
+            return self._forward_optimized(pixel_values, dataset_index)
+        return self._forward_eager(pixel_values, dataset_index)
+
+    def _forward_eager(self, pixel_values: torch.Tensor, dataset_index: DatasetIndex = None) -> torch.Tensor:
         backend = self.resolved_backend(pixel_values.device)
         feats = self.forward_features(pixel_values, dataset_index)
         return self.head_for(self._single_dataset(dataset_index)).forward(feats, backend)
+
+    def _forward_optimized(self, pixel_values: torch.Tensor, dataset_index: DatasetIndex) -> torch.Tensor:
+        self._check_input(pixel_values, dataset_index)
+        x = pixel_values.to(self.backbone.pos_embed.dtype)
+        graphs = self._optimized.graphs
+        if graphs is not None and _optimize.cuda_graphs_available(x.device) and (
+            dataset_index is None or isinstance(dataset_index, int)
+        ):
+            return graphs(x, dataset_index)
+        # Per-sample dataset tensors pick experts on the host: they run eagerly.
+        with torch.no_grad():
+            return self._forward_eager(x, dataset_index)
+
+    # ------------------------------------------------------------------------------------------------ inference
+    def optimize(self, batch_size: int, dtype: Optional[torch.dtype] = torch.bfloat16,
+                 cuda_graphs: bool = True) -> "Model":
+        """Set the model up for inference (returns it): eval mode, weights cast to ``dtype`` (None keeps them),
+        the classic head's BatchNorms folded into its deconvolutions, and on CUDA (``cuda_graphs``) forward
+        replayed from static-shape CUDA graphs: one per batch size up to ``batch_size`` (a few sizes; others run
+        zero-padded in the ``batch_size`` graph; larger batches in ``batch_size`` chunks). Inputs are cast to
+        the weights' dtype; outputs are fresh tensors in that dtype. The backend is kept (``auto``: the fused
+        Triton block on CUDA, the fused torch composition elsewhere). ``train()`` returns to the eager training
+        path; moving or casting the model re-captures on the next call. See :mod:`vitpose_fast.optimize`."""
+        _, self._optimized = _optimize.optimize_model(self, batch_size, dtype, cuda_graphs)
+        return self
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .cuda() / .half() reallocate the weights the captured graphs point at.
+        if getattr(self, "_optimized", None) is not None:
+            self._optimized.reset()
+        return super()._apply(fn, *args, **kwargs)
 
     def _single_dataset(self, dataset_index: DatasetIndex) -> int:
         if dataset_index is None:
@@ -244,8 +282,12 @@ class Model(nn.Module):
     def predict(self, images, boxes=None, box_format: str = "xyxy", flip_test: bool = True,
                 decode: str = "udp", batch_size: int = 64, **kwargs):
         """Top-down inference: images + person boxes -> keypoints in image coordinates.
-        See :func:`vitpose_fast.pipeline.predict`."""
+        See :func:`vitpose_fast.pipeline.predict`. A model not yet optimized is first set up with
+        ``optimize(batch_size, dtype=None)`` (its dtype kept: folded head, CUDA graphs on CUDA)."""
         from .pipeline import predict
+
+        if self._optimized is None:
+            self.optimize(batch_size, dtype=None)
 
         return predict(self, images, boxes=boxes, box_format=box_format, flip_test=flip_test, decode=decode,
                        batch_size=batch_size, **kwargs)

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from .config import BACKENDS, AttentionSpec
 from .reference import attention as _ref_attention
 from .reference import fp8 as _ref_fp8
+from .reference.bias_gelu import bias_gelu_ref
+from .reference.residual_layer_norm import residual_layer_norm_ref
 from .reference import simple_decoder as _ref_simple_decoder
 
 ENV_VAR = "VITPOSE_FAST_BACKEND"
@@ -142,6 +144,44 @@ def simple_decoder(
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# fused epilogues of the transformer block (the ``torch`` and ``triton`` backends; ``reference`` keeps the plain
+# modules, see :class:`vitpose_fast.backbone.Block`)
+def fuses_linear_bias(backend: str) -> bool:
+    """Whether the proj / fc1 / fc2 GEMMs run without bias and :func:`residual_layer_norm` / :func:`bias_gelu`
+    add it (``triton``); the ``torch`` backend keeps the bias in the GEMM (addmm) and composes plain ops."""
+    return backend == "triton"
+
+
+def residual_layer_norm(
+    x: torch.Tensor,
+    branch: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    eps: float,
+    backend: str = "torch",
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(s, h) = (x + branch + bias, layer_norm(s)): the residual add of a block branch (its Linear bias included)
+    fused with the LayerNorm that follows. ``branch`` has x's shape or (1, *x.shape[1:])."""
+    if backend == "triton" and _triton_usable(x, branch):
+        from .kernels import residual_layer_norm as _k
+
+        if _k.supports(x, branch):
+            return _k.residual_layer_norm(x, branch, bias, weight, ln_bias, eps)
+    return residual_layer_norm_ref(x, branch, bias, weight, ln_bias, eps)
+
+
+def bias_gelu(a: torch.Tensor, bias: torch.Tensor, backend: str = "torch") -> torch.Tensor:
+    """gelu(a + bias) (exact erf) on the bias-free fc1 output."""
+    if backend == "triton" and _triton_usable(a):
+        from .kernels import bias_gelu as _k
+
+        if _k.supports(a):
+            return _k.bias_gelu(a, bias)
+    return bias_gelu_ref(a, bias)
 
 
 # --------------------------------------------------------------------------------------------------------------

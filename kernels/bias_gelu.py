@@ -1,0 +1,213 @@
+"""Fused bias + exact GELU on the fc1 output: ``y = gelu(a + bias)``, gelu(z) = z * Phi(z) = z/2 (1 + erf(z/sqrt 2)).
+
+The fc1 GEMM runs without its bias (cuBLAS, ``F.linear(x, w)``); this kernel adds the bias and applies the exact
+(erf) GELU in one read and one write of the [rows, 4C] activation, instead of the bias pass and the GELU pass.
+
+Algorithm. Forward: one program per [BLOCK_M, BLOCK_N] tile, z = a + bias in fp32, y = z * Phi(z), stored in a's
+dtype. Backward: da = dy * gelu'(z) with gelu'(z) = Phi(z) + z * phi(z) (phi the standard normal density),
+recomputing z from the saved a (the same tensor the unfused path keeps for GELU's backward); dbias = column sums
+of da: each of G row-programs per column block walks a contiguous run of rows and writes fp32 partial sums to
+row ``pid`` of a [G, H] buffer, summed by torch afterwards (deterministic, no atomics).
+
+Shapes: a [..., H] (last dim contiguous), bias [H]. Dtypes: a fp32 / fp16 / bf16, bias any float dtype; maths in
+fp32; int64 offsets. Gradients in each input's dtype. Limits: CUDA tensors or CPU under TRITON_INTERPRET=1 (no
+bf16 arithmetic there).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import List, Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# kernels
+@triton.jit
+def _fwd_kernel(
+    A,  # [n_rows, n_cols] fc1 output without bias
+    BIAS,  # [n_cols]
+    Y,  # [n_rows, n_cols] out
+    n_rows, n_cols, stride_a, stride_y,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < n_cols
+    mask = (rows < n_rows)[:, None] & cmask[None, :]
+    z = tl.load(A + rows[:, None] * stride_a + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    z += tl.load(BIAS + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    y = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+    tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bwd_kernel(
+    A,  # [n_rows, n_cols] fc1 output without bias (saved by the forward)
+    BIAS,  # [n_cols]
+    DY,  # [n_rows, n_cols] gradient of y
+    DA,  # [n_rows, n_cols] out: gradient of a (and of the fc1 output)
+    DBIAS_PART,  # [G, n_cols] fp32 out: per-row-program column sums of DA
+    n_rows, n_cols, rows_per_program, stride_a, stride_dy, stride_da,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < n_cols
+    bias = tl.load(BIAS + cols, mask=cmask, other=0.0).to(tl.float32)
+    acc = tl.zeros([BLOCK_N], tl.float32)
+    row_start = pid.to(tl.int64) * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, n_rows)
+    for start in range(row_start, row_end, BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        mask = (rows < row_end)[:, None] & cmask[None, :]
+        z = tl.load(A + rows[:, None] * stride_a + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        z += bias[None, :]
+        dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
+        pdf = tl.exp(-0.5 * z * z) * 0.3989422804014327
+        da = tl.where(mask, dy * (cdf + z * pdf), 0.0)
+        tl.store(DA + rows[:, None] * stride_da + cols[None, :], da.to(DA.dtype.element_ty), mask=mask)
+        acc += tl.sum(da, 0)
+    tl.store(DBIAS_PART + pid * n_cols + cols, acc, mask=cmask)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# launch settings (one tile shape; no autotune)
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def settings(n_cols: int, interpreting: Optional[bool] = None) -> Tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps): 16 x 256 tiles on GPU (8 bf16 per thread at 4 warps, 16-byte accesses);
+    bigger tiles under the interpreter (fewer, larger numpy steps)."""
+    interpreting = _interpreting() if interpreting is None else interpreting
+    block_n = min(triton.next_power_of_2(n_cols), 1024 if interpreting else 256)
+    block_m = (16384 if interpreting else 4096) // block_n
+    return block_m, block_n, 4
+
+
+@functools.lru_cache(maxsize=None)
+def _row_programs(device_index: int) -> int:
+    if _interpreting() or not torch.cuda.is_available():
+        return 4
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+# --------------------------------------------------------------------------------------------------------------
+# launchers
+def _2d(t: torch.Tensor) -> torch.Tensor:
+    t2 = t.reshape(-1, t.shape[-1])
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+def _forward(a: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    a2 = _2d(a)
+    n_rows, n_cols = a2.shape
+    y = torch.empty((n_rows, n_cols), device=a.device, dtype=a.dtype)
+    if a2.numel():
+        block_m, block_n, num_warps = settings(n_cols)
+        grid = (triton.cdiv(n_rows, block_m), triton.cdiv(n_cols, block_n))
+        _fwd_kernel[grid](a2, bias.contiguous(), y, n_rows, n_cols, a2.stride(0), y.stride(0),
+                          BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
+    return y.view(a.shape)
+
+
+def _backward(dy: torch.Tensor, a: torch.Tensor, bias: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    a2 = _2d(a)
+    dy2 = _2d(dy)
+    n_rows, n_cols = a2.shape
+    da = torch.empty((n_rows, n_cols), device=a.device, dtype=a.dtype)
+    block_m, block_n, num_warps = settings(n_cols)
+    n_col_blocks = triton.cdiv(n_cols, block_n)
+    g = max(1, min(triton.cdiv(_row_programs(a.device.index or 0) * 4, n_col_blocks), triton.cdiv(n_rows, block_m)))
+    rows_per_program = triton.cdiv(triton.cdiv(max(n_rows, 1), g), block_m) * block_m
+    g = max(1, triton.cdiv(n_rows, rows_per_program))
+    part = torch.zeros((g, n_cols), device=a.device, dtype=torch.float32)
+    if a2.numel():
+        _bwd_kernel[(g, n_col_blocks)](a2, bias.contiguous(), dy2, da, part, n_rows, n_cols, rows_per_program,
+                                       a2.stride(0), dy2.stride(0), da.stride(0),
+                                       BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
+    return da.view(a.shape), part.sum(0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# torch.library ops (opaque to torch.compile, with fake impls for tracing) and autograd
+@torch.library.custom_op("vitpose_fast::bias_gelu_fwd", mutates_args=())
+def _fwd_op(a: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return _forward(a, bias)
+
+
+@_fwd_op.register_fake
+def _fwd_fake(a, bias):
+    return torch.empty_like(a, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("vitpose_fast::bias_gelu_bwd", mutates_args=())
+def _bwd_op(dy: torch.Tensor, a: torch.Tensor, bias: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _backward(dy, a, bias)
+
+
+@_bwd_op.register_fake
+def _bwd_fake(dy, a, bias):
+    return torch.empty_like(a, memory_format=torch.contiguous_format), a.new_empty(a.shape[-1], dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    a, bias = inputs
+    ctx.save_for_backward(a, bias)
+
+
+def _autograd_backward(ctx, dy):
+    a, bias = ctx.saved_tensors
+    da, dbias = torch.ops.vitpose_fast.bias_gelu_bwd(dy, a, bias)
+    return da, dbias.to(bias.dtype)
+
+
+_fwd_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# public API
+def supports(a: torch.Tensor) -> bool:
+    """Whether :func:`bias_gelu` runs this input (device, dtype)."""
+    return (a.is_cuda or _interpreting()) and a.dtype in _DTYPES and a.dim() >= 1 and a.shape[-1] > 0
+
+
+def bias_gelu(a: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """gelu(a + bias) (exact erf), differentiable in a and bias; same signature as
+    :func:`vitpose_fast.reference.bias_gelu.bias_gelu_ref`."""
+    if tuple(bias.shape) != (a.shape[-1],):
+        raise ValueError(f"bias_gelu: bias must have shape ({a.shape[-1]},) for a {tuple(a.shape)}, "
+                         f"got {tuple(bias.shape)}")
+    if not supports(a):
+        raise ValueError(f"bias_gelu kernel needs a CUDA (or TRITON_INTERPRET=1) tensor in {_DTYPES}; got "
+                         f"{tuple(a.shape)} {a.dtype} on {a.device}")
+    return _fwd_op(a, bias)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ahead-of-time compilation cases (sm_90a kernel report)
+def report_cases() -> List[tuple]:
+    """(jit kernel, signature, constexprs, num_warps, num_stages, description): bf16 fc1 outputs (4C = 3072,
+    4096, 5120) with the launcher's GPU tiles. n_cols and the strides are multiples of 16; pointers 16-byte
+    aligned."""
+    cases = []
+    for h in (3072, 4096, 5120):
+        block_m, block_n, num_warps = settings(h, interpreting=False)
+        fwd_sig = dict(A="*bf16", BIAS="*bf16", Y="*bf16", n_rows="i32", n_cols="i32", stride_a="i32",
+                       stride_y="i32", BLOCK_M="constexpr", BLOCK_N="constexpr")
+        cases.append((_fwd_kernel, fwd_sig, dict(BLOCK_M=block_m, BLOCK_N=block_n), num_warps, 1,
+                      f"bias_gelu fwd bf16 H={h}"))
+        bwd_sig = dict(A="*bf16", BIAS="*bf16", DY="*bf16", DA="*bf16", DBIAS_PART="*fp32", n_rows="i32",
+                       n_cols="i32", rows_per_program="i32", stride_a="i32", stride_dy="i32", stride_da="i32",
+                       BLOCK_M="constexpr", BLOCK_N="constexpr")
+        cases.append((_bwd_kernel, bwd_sig, dict(BLOCK_M=block_m, BLOCK_N=block_n), num_warps, 1,
+                      f"bias_gelu bwd bf16 H={h}"))
+    return cases
