@@ -234,3 +234,34 @@ def fp8_linear(
     if backend == "reference" or not _ref_fp8.scaled_mm_supports(qx.shape[-1], weight.shape[0]):
         return _ref_fp8.fp8_linear_ref(qx, sx, weight, weight_scale, bias)
     return _ref_fp8.fp8_linear_torch(qx, sx, weight, weight_scale, bias)
+
+
+def residual_layer_norm_fp8(
+    x: torch.Tensor,
+    branch: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    eps: float,
+    backend: str = "torch",
+) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`residual_layer_norm` for a LayerNorm that feeds an FP8 GEMM: (s, (codes, scales)), h quantized per
+    row by the same pass on ``triton`` (inference only)."""
+    if backend == "triton" and _triton_usable(x, branch):
+        from .kernels import residual_layer_norm as _k
+
+        if _k.supports(x, branch) and x.shape[-1] <= _k.fp8_quant.MAX_K:
+            s, q, scale = _k.residual_layer_norm_fp8(x, branch, bias, weight, ln_bias, eps)
+            return s, (q, scale)
+    s, q, scale = _ref_fp8.residual_layer_norm_fp8_ref(x, branch, bias, weight, ln_bias, eps)
+    return s, (q, scale)
+
+
+def bias_gelu_fp8(a: torch.Tensor, bias: torch.Tensor, backend: str = "torch") -> Tuple[torch.Tensor, torch.Tensor]:
+    """gelu(a + bias) as (codes, scales) for the FP8 fc2 (one pass on ``triton``; inference only)."""
+    if backend == "triton" and _triton_usable(a):
+        from .kernels import bias_gelu as _k
+
+        if _k.supports(a) and a.shape[-1] <= _k.fp8_quant.MAX_K:
+            return _k.bias_gelu_fp8(a, bias)
+    return _ref_fp8.bias_gelu_fp8_ref(a, bias)

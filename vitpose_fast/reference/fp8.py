@@ -67,3 +67,23 @@ def fp8_linear_torch(
 def scaled_mm_supports(k: int, n: int) -> bool:
     """cuBLASLt / CUTLASS FP8 GEMMs need 16-aligned K and N (the token count M is free)."""
     return k % 16 == 0 and n % 16 == 0
+
+
+# FP8-output variants of the fused block epilogues: the unquantized op, its output rounded to its dtype, then
+# quantized per row (the oracle of the kernels' FP8 outputs).
+def residual_layer_norm_fp8_ref(
+    x: torch.Tensor, branch: torch.Tensor, bias: Optional[torch.Tensor], weight: torch.Tensor,
+    ln_bias: torch.Tensor, eps: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(s, codes, scales) = (x + branch + bias, quantize_rows_ref(layer_norm(s)))."""
+    from .residual_layer_norm import residual_layer_norm_ref
+
+    s, h = residual_layer_norm_ref(x, branch, bias, weight, ln_bias, eps)
+    return (s, *quantize_rows_ref(h))
+
+
+def bias_gelu_fp8_ref(a: torch.Tensor, bias: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """quantize_rows_ref(gelu(a + bias))."""
+    from .bias_gelu import bias_gelu_ref
+
+    return quantize_rows_ref(bias_gelu_ref(a, bias))
