@@ -101,6 +101,30 @@ def test_quantized_model_backends_agree(backend):
     assert _rel(out, base) < (1e-5 if backend == "triton" else 2e-2)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_fused_block_producers_write_the_fp8_inputs(backend, monkeypatch):
+    """residual+LayerNorm writes qkv's and fc1's FP8 input, bias+GELU fc2's (where the backend fuses biases);
+    only proj quantizes its own input (the attention output)."""
+    depth = 3
+    model = _tiny(depth=depth).quantize_fp8().set_backend(backend)
+    calls = {"residual_layer_norm_fp8": 0, "bias_gelu_fp8": 0, "quantize_fp8": 0}
+    for name in calls:
+        original = getattr(ops, name)
+
+        def counted(*args, _name=name, _f=original, **kwargs):
+            calls[_name] += 1
+            return _f(*args, **kwargs)
+
+        monkeypatch.setattr(ops, name, counted)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 48))
+    assert calls["residual_layer_norm_fp8"] == 2 * depth  # first norm1, every norm2, the next norm1s
+    if backend == "triton":
+        assert calls == {"residual_layer_norm_fp8": 2 * depth, "bias_gelu_fp8": depth, "quantize_fp8": depth}
+    else:  # biases stay in the GEMMs: fc2 quantizes the GELU output itself
+        assert calls["bias_gelu_fp8"] == 0 and calls["quantize_fp8"] == 2 * depth
+
+
 def test_vitpose_plus_experts_quantized_single_and_mixed_batches():
     model = _tiny(num_experts=3, part_features=16).quantize_fp8()
     assert isinstance(model.backbone.blocks[0].mlp.experts[2], Fp8Linear)

@@ -18,7 +18,7 @@ Inference only: a quantized model has no trainable GEMM weights and refuses ``tr
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -66,7 +66,7 @@ class Fp8Linear(nn.Module):
     """A frozen ``nn.Linear`` with float8_e4m3fn weight codes [N, K] and fp32 per-output-channel scales [1, N]
     (buffers ``weight``, ``weight_scale``; ``bias`` [N] in the model's dtype). ``forward(x [..., K])``
     quantizes x per token and returns [..., N] in x's dtype; x may also be a (codes [M, K], scales [M, 1])
-    pair from a producer that quantized it already (then the output is bf16 [M, N]).
+    pair from a producer that quantized it already (the fused LayerNorm and bias+GELU ops of the block).
 
     ``Module.to(dtype)`` leaves the codes and scales as they are (only devices move): casting codes to another
     dtype would lose nothing, but scales in bf16 would."""
@@ -99,31 +99,50 @@ class Fp8Linear(nn.Module):
         self.weight_scale = scale.to(self.weight_scale.device)
         return self
 
-    def forward(self, x):
+    def forward(self, x, with_bias: bool = True):
         if self.training:
             raise RuntimeError("FP8 layers are inference-only (no gradients): call model.eval() or use a model "
                                "that was not quantized for training")
-        backend = ops.resolve(self.backend, self.weight.device)
-        if isinstance(x, tuple):
-            return ops.fp8_linear(x, self.weight, self.weight_scale, self.bias, backend)
-        out = ops.fp8_linear(x.reshape(-1, x.shape[-1]), self.weight, self.weight_scale, self.bias, backend)
-        return out.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        return linear_layers(x, [self], with_bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, fp8"
 
 
-def concat_forward(x: torch.Tensor, layers: Sequence[Fp8Linear]) -> torch.Tensor:
-    """The layers' outputs concatenated along the features, as one GEMM (per-channel scales concatenate too):
-    ViTPose+'s shared fc2 plus one expert."""
+Fp8Input = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+
+
+def linear_layers(x: Fp8Input, layers: Sequence[Fp8Linear], with_bias: bool = True) -> torch.Tensor:
+    """x [..., K] through the layers concatenated along their output features, as one FP8 GEMM (per-channel
+    scales concatenate too; ViTPose+'s fc2 plus one expert). x is a tensor (quantized here per token; the output
+    has its dtype) or a (codes [..., K], scales [..., 1]) pair from a producer that quantized it (the output has
+    the bias's dtype, i.e. the model's).
+    ``with_bias=False`` leaves the bias to the fused op that follows."""
     first = layers[0]
-    weight = torch.cat([m.weight for m in layers])
-    scale = torch.cat([m.weight_scale for m in layers], dim=1)
-    biases = [m.bias for m in layers]
-    bias = None if any(b is None for b in biases) else torch.cat(biases)
+    if len(layers) == 1:
+        weight, scale, bias = first.weight, first.weight_scale, first.bias
+    else:
+        weight = torch.cat([m.weight for m in layers])
+        scale = torch.cat([m.weight_scale for m in layers], dim=1)
+        bias = None if any(m.bias is None for m in layers) else torch.cat([m.bias for m in layers])
     backend = ops.resolve(first.backend, weight.device)
-    out = ops.fp8_linear(x.reshape(-1, x.shape[-1]), weight, scale, bias, backend)
-    return out.to(x.dtype).view(*x.shape[:-1], weight.shape[0])
+    if isinstance(x, tuple):
+        codes, scales = x
+        # The model's activation dtype, which the bias follows through Module.to (bf16 without one).
+        lead, out_dtype = codes.shape[:-1], torch.bfloat16 if first.bias is None else first.bias.dtype
+        flat = (codes.reshape(-1, codes.shape[-1]), scales.reshape(-1, 1))
+    else:
+        lead, out_dtype = x.shape[:-1], x.dtype
+        flat = x.reshape(-1, x.shape[-1])
+    out = ops.fp8_linear(flat, weight, scale, bias if with_bias else None, backend)
+    return out.to(out_dtype).view(*lead, weight.shape[0])
+
+
+def layers_bias(layers: Sequence[nn.Module]) -> Optional[torch.Tensor]:
+    """The concatenated biases of layers (None if any has none)."""
+    if any(m.bias is None for m in layers):
+        return None
+    return layers[0].bias if len(layers) == 1 else torch.cat([m.bias for m in layers])
 
 
 @torch.no_grad()
