@@ -16,7 +16,7 @@ Backends (a backend that cannot run here is skipped with a one-line reason):
 - ``xformers`` / ``flash-attn``: backend "torch" with global attention routed to those libraries;
 - ``vitpose_fast``: backend "auto" (our Triton kernels on CUDA), ``--dtype``, inference replayed from CUDA graphs
   captured per batch size;
-- ``vitpose_fast-fp8``: the same in bf16 with the backbone's GEMMs in FP8 (``Model.quantize_fp8``; inference
+- ``vitpose_fast-fp8``: the same in bf16 with the backbone's GEMMs in FP8 (``Model.optimize(precision="fp8")``; inference
   only; sm_89+ GPUs and CPU). Its MFU is against the measured bf16 matmul rate (FP8 tensor cores peak at about
   twice that), as the table's note says.
 
@@ -355,7 +355,8 @@ def build(name: str, shared: Shared, train: bool, config: Optional[ModelConfig] 
         reason = fp8_unavailable_reason(plan.device)
         if reason:
             raise Skip(reason)
-        model = _our_model(shared, "auto", torch.bfloat16, config).eval().quantize_fp8()
+        model = _our_model(shared, "auto", torch.bfloat16, config).optimize(
+            max(plan.batches), torch.bfloat16, cuda_graphs=False, precision="fp8")  # run.py captures the graphs
         return Candidate(name, model, _bind(model), torch.bfloat16, cuda_graphs=cuda)
     raise ValueError(f"unknown backend {name!r}")
 

@@ -153,6 +153,21 @@ def test_apply_precision_and_guards(tmp_path):
         _tiny().train().quantize_fp8()
 
 
+def test_optimize_precision_fp8():
+    model = _tiny()
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        expected = apply_precision(copy.deepcopy(model), "fp8")(x.bfloat16())
+        opt = copy.deepcopy(model).optimize(2, precision="fp8")
+        out = opt(x)
+    assert opt.is_fp8 and out.dtype == torch.bfloat16
+    # optimize also folds the head's BatchNorm (exact up to bf16 rounding of the folded weights).
+    assert _rel(out, expected) < 2e-2
+    with pytest.raises(ValueError, match="precision must be 'bf16' or 'fp8'"):
+        _tiny().optimize(2, precision="int8")
+    assert not _tiny().optimize(2).is_fp8
+
+
 # ------------------------------------------------------------------------------------------------------ errors
 def test_old_gpu_is_refused_with_the_fallback(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
@@ -173,6 +188,10 @@ def test_torch_without_scaled_mm_is_refused(monkeypatch):
         _tiny().quantize_fp8()
     with pytest.raises(Fp8UnavailableError, match="_scaled_mm"):
         apply_precision(_tiny(), "fp8")
+    model = _tiny()
+    with pytest.raises(Fp8UnavailableError, match="_scaled_mm"):
+        model.optimize(2, precision="fp8")
+    assert model.backbone.pos_embed.dtype == torch.float32  # refused before anything changed
 
 
 # ------------------------------------------------------------------------------------------------------ accuracy

@@ -185,15 +185,25 @@ class Model(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ inference
     def optimize(self, batch_size: int, dtype: Optional[torch.dtype] = torch.bfloat16,
-                 cuda_graphs: bool = True) -> "Model":
+                 cuda_graphs: bool = True, precision: str = "bf16") -> "Model":
         """Set the model up for inference (returns it): eval mode, weights cast to ``dtype`` (None keeps them),
         the classic head's BatchNorms folded into its deconvolutions, and on CUDA (``cuda_graphs``) forward
         replayed from static-shape CUDA graphs: one per batch size up to ``batch_size`` (a few sizes; others run
         zero-padded in the ``batch_size`` graph; larger batches in ``batch_size`` chunks). Inputs are cast to
         the weights' dtype; outputs are fresh tensors in that dtype. The backend is kept (``auto``: the fused
         Triton block on CUDA, the fused torch composition elsewhere). ``train()`` returns to the eager training
-        path; moving or casting the model re-captures on the next call. See :mod:`vitpose_fast.optimize`."""
+        path; moving or casting the model re-captures on the next call. See :mod:`vitpose_fast.optimize`.
+
+        ``precision="fp8"``: the backbone GEMMs on FP8 tensor cores as well (:meth:`quantize_fp8`; the rest in
+        ``dtype``); ``"bf16"`` (the default) leaves every GEMM in ``dtype``. FP8 where it cannot run raises
+        :class:`vitpose_fast.fp8.Fp8UnavailableError` before anything changes."""
+        if precision not in ("bf16", "fp8"):
+            raise ValueError(f"optimize: precision must be 'bf16' or 'fp8', got {precision!r}")
+        if precision == "fp8":
+            fp8.check_fp8_support(self.backbone.pos_embed.device)
         _, self._optimized = _optimize.optimize_model(self, batch_size, dtype, cuda_graphs)
+        if precision == "fp8" and not self.is_fp8:
+            self.quantize_fp8()
         return self
 
     def _apply(self, fn, *args, **kwargs):
