@@ -76,9 +76,16 @@ def _quantize_rows_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, BLOCK_M: tl.cons
 def tile_settings(k: int) -> tuple:
     """(BLOCK_M, BLOCK_K, num_warps) for whole rows of K: about 4K elements per program on GPU, 16K under the
     interpreter (fewer numpy steps)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        block_k = triton.next_power_of_2(k)
+        return max(1, 16384 // block_k), block_k, 4
+    return tile_settings_gpu(k)
+
+
+def tile_settings_gpu(k: int) -> tuple:
     block_k = triton.next_power_of_2(k)
-    block_m = max(1, (16384 if os.environ.get("TRITON_INTERPRET") == "1" else 4096) // block_k)
-    return block_m, block_k, max(1, min(8, block_m * block_k // 256))
+    block_m = max(1, 4096 // block_k)
+    return block_m, block_k, max(1, min(16, block_m * block_k // 256))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -133,3 +140,35 @@ def quantize_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 def supports(x: torch.Tensor) -> bool:
     """Whether :func:`quantize_rows` handles ``x`` (else use the reference)."""
     return FP8 is not None and x.dtype in _SUPPORTED_DTYPES and x.ndim >= 1 and 1 <= x.shape[-1] <= MAX_K
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# ahead-of-time compilation cases (sm_90a kernel report)
+def report_cases() -> list:
+    """(jit kernel, signature, constexprs, num_warps, num_stages, description): the standalone quantization at
+    the GEMM input widths of ViTPose-H (C = 1280, 4C = 5120) and the FP8 epilogues of the fused residual+LayerNorm
+    (C = 1280) and bias+GELU (4C = 5120) kernels, bf16 in, with the launchers' GPU tiles."""
+    from . import bias_gelu, residual_layer_norm
+
+    consts = dict(FP8_MAX=E4M3_MAX, AMAX_EPS=EPS)
+    cases = []
+    for k in (1280, 5120):
+        block_m, block_k, num_warps = tile_settings_gpu(k)
+        sig = dict(x_ptr="*bf16", q_ptr="*fp8e4nv", s_ptr="*fp32", M="i32", K="i32", stride_xm="i32",
+                   BLOCK_M="constexpr", BLOCK_K="constexpr", FP8_MAX="constexpr", AMAX_EPS="constexpr")
+        cases.append((_quantize_rows_kernel, sig, dict(BLOCK_M=block_m, BLOCK_K=block_k, **consts), num_warps, 1,
+                      f"fp8 quantize_rows bf16 K={k}"))
+    block_m, block_n, num_warps = residual_layer_norm.settings(1280, interpreting=False)
+    sig = {n: "*bf16" for n in ("X", "BR", "BIAS", "W", "LB", "S")}
+    sig.update(Q="*fp8e4nv", QS="*fp32", n_rows="i32", n_cols="i32", br_rows="i32", stride_x="i32",
+               stride_br="i32", stride_s="i32", eps="fp32", HAS_BIAS="constexpr", BLOCK_M="constexpr",
+               BLOCK_N="constexpr", FP8_MAX="constexpr", AMAX_EPS="constexpr")
+    cases.append((residual_layer_norm._fwd_fp8_kernel, sig,
+                  dict(HAS_BIAS=True, BLOCK_M=block_m, BLOCK_N=block_n, **consts), num_warps, 1,
+                  "residual_layer_norm fp8-out bf16 C=1280"))
+    block_m, block_n, num_warps = tile_settings_gpu(5120)
+    sig = dict(A="*bf16", BIAS="*bf16", Q="*fp8e4nv", QS="*fp32", n_rows="i32", n_cols="i32", stride_a="i32",
+               BLOCK_M="constexpr", BLOCK_N="constexpr", FP8_MAX="constexpr", AMAX_EPS="constexpr")
+    cases.append((bias_gelu._fwd_fp8_kernel, sig, dict(BLOCK_M=block_m, BLOCK_N=block_n, **consts), num_warps, 1,
+                  "bias_gelu fp8-out bf16 4C=5120"))
+    return cases
