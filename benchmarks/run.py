@@ -14,11 +14,14 @@ Backends (a backend that cannot run here is skipped with a one-line reason):
 - ``compile``: ``torch.compile`` of the backend-"torch" model (``--compile-mode``, default max-autotune, in
   ``--dtype`` on GPU; default mode in fp32 on CPU, skipped there when it would not fit the time budget);
 - ``xformers`` / ``flash-attn``: backend "torch" with global attention routed to those libraries;
-- ``vitpose_fast``: backend "auto" (our Triton kernels on CUDA), ``--dtype``, inference replayed from CUDA graphs
-  captured per batch size;
-- ``vitpose_fast-fp8``: the same in bf16 with the backbone's GEMMs in FP8 (``Model.optimize(precision="fp8")``; inference
-  only; sm_89+ GPUs and CPU). Its MFU is against the measured bf16 matmul rate (FP8 tensor cores peak at about
-  twice that), as the table's note says.
+- ``vitpose_fast``: backend "auto" (our Triton kernels on CUDA), set up by ``Model.optimize(batch, --dtype)``
+  for inference (weights cast, folded classic head, CUDA graphs on CUDA: the call users make); training runs the
+  same fused kernels (fp32 weights under autocast, their backward);
+- ``vitpose_fast+compile``: the same optimized model (without CUDA graphs) under ``torch.compile`` (``--compile-mode``;
+  our ops are opaque custom ops, so Inductor fuses around them);
+- ``vitpose_fast-fp8``: the same in bf16 with the backbone's GEMMs in FP8, set up by
+  ``Model.optimize(batch, bfloat16, precision="fp8")`` (inference only; sm_89+ GPUs and CPU). Its MFU is against
+  the measured bf16 matmul rate (FP8 tensor cores peak at about twice that), as the row's note says.
 
 Every backend gets the same random weights (one model built with ``--seed``, its state dict copied) and the same
 inputs. On CPU the defaults shrink to what fits ``--budget-s`` (batch 1 (and 2), one or two iterations, the
@@ -66,7 +69,8 @@ from vitpose_fast.decode import decode_heatmaps  # noqa: E402
 from vitpose_fast.fp8 import fp8_unavailable_reason  # noqa: E402
 
 BACKENDS = ("reference", "hf", "hf-bf16", "sdpa-bf16", "compile", "xformers", "flash-attn", "vitpose_fast",
-            "vitpose_fast-fp8")
+            "vitpose_fast+compile", "vitpose_fast-fp8")
+COMPILED = ("compile", "vitpose_fast+compile")
 FP8_BACKEND = "vitpose_fast-fp8"
 ATTENTION_BACKENDS = ("sdpa-bf16", "vitpose_fast")
 GPU_BATCHES = (1, 8, 32, 64)
@@ -182,26 +186,28 @@ def make_plan(args: argparse.Namespace, config: ModelConfig, rates: Dict[str, fl
     low_s = flops / (0.5 * rates[args.dtype if args.dtype in rates else "fp32"] * 1e12)
     per_image = {b: fp32_s if b in ("reference", "hf", "compile") else low_s for b in backends}
     plan = Plan(device, dtype, (1,), 1, 0, backends, args.compile_mode)
-    if "compile" in backends and fp32_s > 5.0:
+    compiled = [b for b in COMPILED if b in backends]
+    if compiled and fp32_s > 5.0:
         plan.skip_compile = (f"CPU torch.compile of this model would take minutes (one fp32 forward is ~{fp32_s:.0f} s "
                              "here); run it on a GPU or with a smaller --depth")
-        per_image.pop("compile")
+        for b in compiled:
+            per_image.pop(b)
 
     def cost(with_compile: bool) -> float:
         total = 0.0
         for b, sec in per_image.items():
-            if b == "compile" and not with_compile:
+            if b in COMPILED and not with_compile:
                 continue
             bs, it, wu = plan.runs(b)
-            total += sec * sum(bs) * (it + wu) + (CPU_COMPILE_S * len(bs) if b == "compile" else 0.0)
+            total += sec * sum(bs) * (it + wu) + (CPU_COMPILE_S * len(bs) if b in COMPILED else 0.0)
         return total
 
     for batches, iters, warmup in (((1, 2), 3, 1), ((1, 2), 2, 1), ((1, 2), 2, 0), ((1,), 2, 0), ((1,), 1, 0)):
         plan.batches, plan.iters, plan.warmup = batches, iters, warmup
-        if cost("compile" in per_image) <= args.budget_s:
+        if cost(any(b in per_image for b in COMPILED)) <= args.budget_s:
             break
     else:
-        if "compile" in per_image and args.batch is None:
+        if any(b in per_image for b in COMPILED) and args.batch is None:
             plan.skip_compile = (f"CPU torch.compile (~{CPU_COMPILE_S:.0f} s per batch size) does not fit "
                                  f"--budget-s {args.budget_s:.0f} here; run it on a GPU or raise the budget")
         for batches, iters, warmup in (((1, 2), 2, 0), ((1,), 2, 0), ((1,), 1, 0)):
@@ -230,7 +236,6 @@ class Candidate:
     dtype: torch.dtype
     autocast: bool = False
     context: Callable[[], ContextManager] = contextlib.nullcontext
-    cuda_graphs: bool = False
 
 
 @dataclass
@@ -346,9 +351,16 @@ def build(name: str, shared: Shared, train: bool, config: Optional[ModelConfig] 
         model = _our_model(shared, "torch", weights, config)
         return Candidate(name, model, _bind(model), low, autocast=autocast,
                          context=lambda: forced_global_attention(impl, name))
-    if name == "vitpose_fast":
+    if name in ("vitpose_fast", "vitpose_fast+compile"):
         model = _our_model(shared, "auto", weights, config)
-        return Candidate(name, model, _bind(model), low, autocast=autocast, cuda_graphs=cuda and not train)
+        if name == "vitpose_fast+compile" and plan.skip_compile:
+            raise Skip(plan.skip_compile)
+        if not train:  # the user's inference call: weights in --dtype, folded head, CUDA graphs on CUDA
+            model.optimize(max(plan.batches), dtype=low, cuda_graphs=name == "vitpose_fast")
+        if name == "vitpose_fast":
+            return Candidate(name, model, _bind(model), low, autocast=autocast)
+        compiled = torch.compile(model, mode=plan.compile_mode, dynamic=False)
+        return Candidate(name, model, compiled, low, autocast=autocast)
     if name == FP8_BACKEND:
         if train:
             raise Skip("FP8 is inference-only (the quantized GEMMs have no backward)")
@@ -356,31 +368,9 @@ def build(name: str, shared: Shared, train: bool, config: Optional[ModelConfig] 
         if reason:
             raise Skip(reason)
         model = _our_model(shared, "auto", torch.bfloat16, config).optimize(
-            max(plan.batches), torch.bfloat16, cuda_graphs=False, precision="fp8")  # run.py captures the graphs
-        return Candidate(name, model, _bind(model), torch.bfloat16, cuda_graphs=cuda)
+            max(plan.batches), torch.bfloat16, cuda_graphs=True, precision="fp8")
+        return Candidate(name, model, _bind(model), torch.bfloat16)
     raise ValueError(f"unknown backend {name!r}")
-
-
-def cuda_graphed(forward: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor):
-    """``forward`` captured in a CUDA graph for ``example``'s shape; the returned function copies its input into
-    the static buffer and replays (the output tensor is reused by every replay)."""
-    static_in = example.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # compile / autotune the kernels outside the capture
-        for _ in range(3):
-            forward(static_in)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = forward(static_in)
-
-    def replay(x: torch.Tensor) -> torch.Tensor:
-        static_in.copy_(x)
-        graph.replay()
-        return static_out
-
-    return replay
 
 
 # ------------------------------------------------------------------------------------------------- measuring
@@ -450,10 +440,8 @@ def measure_backend(cand: Candidate, plan: Plan, batches: Sequence[int], iters: 
                     times = time_iterations(step, plan.device, warmup, iters)
                 else:
                     with torch.inference_mode():
-                        fwd = cuda_graphed(cand.forward, x) if cand.cuda_graphs else cand.forward
-
                         def call() -> None:
-                            last[:] = [fwd(x)]  # keep only the newest output alive
+                            last[:] = [cand.forward(x)]  # keep only the newest output alive
 
                         times = time_iterations(call, plan.device, warmup, iters)
                         if check is None:

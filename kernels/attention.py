@@ -583,9 +583,56 @@ def attention(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# plain global attention on CUDA: vendor kernels where installed
+# plain global attention on CUDA: our kernel or a vendor kernel, by measured speed
 GLOBAL_ENV = "VITPOSE_FAST_GLOBAL_ATTENTION"
 GLOBAL_CHOICES = ("auto", "flash", "xformers", "sdpa", "triton")
+
+
+@dataclass(frozen=True)
+class GlobalTiming:
+    """One measured forward of plain global attention: our kernel vs the vendor kernel ``auto`` would call
+    otherwise, on one device (``torch.cuda.get_device_name`` prefix), dtype and shape [batch, tokens, heads,
+    head_dim]."""
+
+    device: str
+    dtype: torch.dtype
+    batch: int
+    tokens: int
+    heads: int
+    head_dim: int
+    vendor: str  # "flash", "xformers" or "sdpa": what was timed against ours
+    triton_ms: float
+    vendor_ms: float
+
+
+# Measured speeds (bench_attention.py, global spec). Empty until GPU measurements are committed: with no entry
+# for a device / dtype / head dim, ``auto`` takes the vendor kernel.
+GLOBAL_TIMINGS: Tuple[GlobalTiming, ...] = ()
+
+
+_DEVICE_NAMES: dict = {}
+
+
+def _device_name(device: torch.device) -> str:
+    if device not in _DEVICE_NAMES:
+        _DEVICE_NAMES[device] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return _DEVICE_NAMES[device]
+
+
+def choose_global(q: torch.Tensor, timings: Optional[Tuple[GlobalTiming, ...]] = None) -> str:
+    """``"triton"`` or ``"vendor"`` for global attention on q [B, N, heads, d]: the entry of ``timings`` (default
+    :data:`GLOBAL_TIMINGS`) measured on this device, dtype and head dim whose shape is nearest (log-distance in
+    tokens, then in batch * heads) decides; no such entry -> ``"vendor"``."""
+    from math import log
+
+    timings = GLOBAL_TIMINGS if timings is None else timings
+    b, n, h, d = q.shape
+    name = _device_name(q.device)
+    entries = [t for t in timings if t.head_dim == d and t.dtype == q.dtype and name.startswith(t.device)]
+    if not entries:
+        return "vendor"
+    best = min(entries, key=lambda t: (abs(log(t.tokens / max(n, 1))), abs(log(t.batch * t.heads / max(b * h, 1)))))
+    return "triton" if best.triton_ms < best.vendor_ms else "vendor"
 
 
 def _flash_attn_func():
@@ -616,14 +663,17 @@ def global_attention(
     Extra key/value tokens ([B, T, heads, d]) are concatenated to k and v for the vendor kernels (they take
     N + T keys for N queries; one copy of k and v) and passed as appended tokens to ours.
 
-    ``VITPOSE_FAST_GLOBAL_ATTENTION`` picks flash / xformers / sdpa / triton; ``auto`` (default) takes
-    flash-attn's ``flash_attn_func`` (fp16/bf16), else xFormers' ``memory_efficient_attention``, else SDPA:
-    tuned vendor FA2/FA3/cuDNN kernels that read the [B, N, heads, d] layout directly (SDPA through transposed
-    views, no copies); our kernel's advantages (fused masks, shift, pool, rel-pos) do not apply to this case.
+    ``VITPOSE_FAST_GLOBAL_ATTENTION`` picks flash / xformers / sdpa / triton; ``auto`` (default) runs our kernel
+    where :func:`choose_global` finds it measured faster for this device, dtype, head dim and shape (the d80 of
+    ViT-H is the case in question: flash-attn pads it to 96, FlexAttention to 128), else flash-attn's
+    ``flash_attn_func`` (fp16/bf16), else xFormers' ``memory_efficient_attention``, else SDPA: tuned vendor
+    FA2/FA3/cuDNN kernels that read the [B, N, heads, d] layout directly (SDPA through transposed views).
     """
     choice = os.environ.get(GLOBAL_ENV, "auto").strip().lower() or "auto"
     if choice not in GLOBAL_CHOICES:
         raise ValueError(f"{GLOBAL_ENV}={choice!r}; expected one of {', '.join(GLOBAL_CHOICES)}")
+    if choice == "auto" and choose_global(q) == "triton":
+        choice = "triton"
     if choice == "triton" and supports(q, AttentionSpec()):
         return attention(q, k, v, AttentionSpec(), (1, q.shape[1]), extra_k=extra_k, extra_v=extra_v)
     if check_extra(q, extra_k, extra_v):

@@ -57,6 +57,7 @@ def test_cpu_plan_of_the_default_command_fits():
     assert plan.batches == (1,) and plan.iters <= 2 and plan.warmup == 0
     assert plan.runs("reference") == ((1,), 1, 0)
     assert plan.skip_compile and "compile" in plan.skip_compile
+    assert "vitpose_fast+compile" in plan.backends  # built, then skipped with the same reason
     assert "GPU figures need a GPU" in plan.notes[0]
 
 
@@ -119,6 +120,15 @@ def test_main_train_and_attention_presets():
         assert all(r["peak_mib"] is not None for r in measured)
 
 
+def test_main_tiny_vitpose_fast_rows_use_optimize_and_compile():
+    payload = run.main(TINY + ["--batch", "1", "--no-save", "--dtype", "fp32",
+                               "--backends", "reference,vitpose_fast,vitpose_fast+compile"])
+    rows = {r["backend"]: r for r in payload["rows"]}
+    assert set(rows) == {"reference", "vitpose_fast", "vitpose_fast+compile"}, payload["skipped"]
+    for name in ("vitpose_fast", "vitpose_fast+compile"):
+        assert rows[name]["images_s"] > 0 and rows[name]["hm_diff"] < 1e-5
+
+
 def test_forced_global_attention_routes_and_restores():
     model = Model.from_config("vitpose_s", backend="torch", res=(32, 32), depth=3).eval()
     x = torch.randn(1, 3, 32, 32)
@@ -145,12 +155,15 @@ def test_percentile_and_markdown():
 
 
 @pytest.mark.gpu
-def test_cuda_graphed_forward_matches_eager():
+def test_optimized_forward_matches_eager_gpu():
     model = Model.from_config("vitpose_s", backend="auto", res=(64, 48), depth=2).cuda().eval()
     x = torch.randn(4, 3, 64, 48, device="cuda")
     with torch.inference_mode():
         expected = model(x)
-        graphed = run.cuda_graphed(model, x)
-        torch.testing.assert_close(graphed(x).clone(), expected)
-        y = torch.randn_like(x)
-        torch.testing.assert_close(graphed(y), model(y))
+    model.optimize(4, dtype=torch.float32)
+    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+    y = torch.randn_like(x)
+    with torch.inference_mode():
+        want = model._forward_eager(y)
+    torch.testing.assert_close(model(y), want, rtol=1e-4, atol=1e-5)
+    assert model._optimized.graphs.captures == 1

@@ -297,7 +297,8 @@ class Model(nn.Module):
         from .pipeline import predict
 
         if self._optimized is None:
-            self.optimize(batch_size, dtype=None)
+            was_training = self.training
+            self.optimize(batch_size, dtype=None).train(was_training)
 
         return predict(self, images, boxes=boxes, box_format=box_format, flip_test=flip_test, decode=decode,
                        batch_size=batch_size, **kwargs)
