@@ -73,3 +73,10 @@ def test_ops_dispatch_and_fakes():
         q2, s2 = torch.ops.vitpose_fast.bias_gelu_fp8(x, w)
     assert s.dtype == torch.bfloat16 and q.dtype == q2.dtype == torch.float8_e4m3fn
     assert scale.shape == s2.shape == (2, 3, 1) and scale.dtype == torch.float32
+
+
+@pytest.mark.gpu
+def test_fp8_epilogues_at_vitpose_h_widths_on_gpu():
+    test_residual_layer_norm_fp8_output((2, 1296, 1280), False, torch.bfloat16, True)
+    test_residual_layer_norm_fp8_output((2, 1296, 1280), True, torch.bfloat16, False)  # the position embedding
+    test_bias_gelu_fp8_output((2, 1296, 5120), torch.bfloat16)
