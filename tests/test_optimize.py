@@ -226,3 +226,22 @@ def test_compile_fullgraph_every_backend(backend):
         want = model(x)
         got = torch.compile(model, fullgraph=True, backend="inductor")(x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * max(1.0, want.abs().max().item()))
+
+
+def test_cuda_graphs_per_dataset_index(fake_cuda):
+    # ViTPose+: the expert is part of the captured graph, so each int dataset index gets its own graph; a
+    # per-sample index tensor runs eagerly.
+    model = _randomize(Model.from_config("vitpose_s", decoder="simple", backend="torch", num_experts=3, part_features=8,
+                                         **TINY)).eval()
+    model.optimize(batch_size=2, dtype=torch.float32)
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        want = [model._forward_eager(x, i) for i in range(3)]
+    for i in (0, 2, 0):
+        torch.testing.assert_close(model(x, i), want[i], rtol=1e-5, atol=1e-6)
+    assert model._optimized.graphs.captures == 2
+    mixed = torch.tensor([0, 2])
+    got = model(x, mixed)
+    torch.testing.assert_close(got[0], want[0][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1], want[2][1], rtol=1e-5, atol=1e-6)
+    assert model._optimized.graphs.captures == 2
