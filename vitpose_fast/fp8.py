@@ -120,11 +120,11 @@ def linear_layers(x: Fp8Input, layers: Sequence[Fp8Linear], with_bias: bool = Tr
     ``with_bias=False`` leaves the bias to the fused op that follows."""
     first = layers[0]
     if len(layers) == 1:
-        weight, scale, bias = first.weight, first.weight_scale, first.bias
+        weight, scale = first.weight, first.weight_scale
     else:
         weight = torch.cat([m.weight for m in layers])
         scale = torch.cat([m.weight_scale for m in layers], dim=1)
-        bias = None if any(m.bias is None for m in layers) else torch.cat([m.bias for m in layers])
+    bias = layers_bias(layers)
     backend = ops.resolve(first.backend, weight.device)
     if isinstance(x, tuple):
         codes, scales = x
