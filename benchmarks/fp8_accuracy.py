@@ -1,6 +1,6 @@
 """What FP8 inference costs in accuracy: fp32 vs bf16 vs fp8 (bf16 with the backbone GEMMs in FP8).
 
-    python benchmarks/fp8_accuracy.py                       # train the tiny model (~3-6 min on CPU), then measure
+    python benchmarks/fp8_accuracy.py                       # train the tiny model (minutes on CPU), then measure
     python benchmarks/fp8_accuracy.py --weights runs/tiny/final.pth --data-root data/synth   # reuse a trained one
     python benchmarks/fp8_accuracy.py --skip-trained --models vitpose_b,vitpose_h            # random weights only
 
