@@ -1,4 +1,4 @@
-"""(slow) The issue's FP8 accuracy bars on the tiny model trained on the synthetic set as the learning test
+"""The FP8 accuracy script (benchmarks/fp8_accuracy.py) and, slow, the issue's FP8 accuracy bars on the tiny model trained on the synthetic set as the learning test
 trains it (``benchmarks/fp8_accuracy.py``): |AP(fp8) - AP(fp32)| <= 0.01 on synthetic val and the median
 keypoint displacement fp8 vs fp32 <= 0.1 heatmap pixels. About as long as the learning test (minutes)."""
 
@@ -30,3 +30,10 @@ def test_fp8_keeps_the_trained_tiny_models_accuracy(tmp_path):
     assert acc["fp8"]["median_px"] <= fp8_accuracy.MEDIAN_PX_BAR
     # bf16 is the floor FP8 builds on: its GEMM operands only add to bf16's error.
     assert acc["bf16"]["mean_px"] <= acc["fp8"]["mean_px"] + 0.05
+
+
+def test_random_weight_measurement_runs_and_ranks_precisions():
+    res = fp8_accuracy.random_weight_accuracy("vitpose_s", (64, 48), 1, depth=1)
+    assert res["fp32"]["hm_rel_err"] == 0 and res["fp32"]["kp_within_1px"] == 1
+    assert 0 < res["bf16"]["hm_rel_err"] < res["fp8"]["hm_rel_err"] < 0.2
+    assert "| fp8 |" in fp8_accuracy.tables({"random": {"s": res}})
