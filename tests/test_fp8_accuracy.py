@@ -1,6 +1,7 @@
-"""The FP8 accuracy script (benchmarks/fp8_accuracy.py) and, slow, the issue's FP8 accuracy bars on the tiny model trained on the synthetic set as the learning test
-trains it (``benchmarks/fp8_accuracy.py``): |AP(fp8) - AP(fp32)| <= 0.01 on synthetic val and the median
-keypoint displacement fp8 vs fp32 <= 0.1 heatmap pixels. About as long as the learning test (minutes)."""
+"""``benchmarks/fp8_accuracy.py``: the random-weight measurement (default run) and, slow, the issue's FP8
+accuracy bars on the tiny model trained on the synthetic set as the learning test trains it: |AP(fp8) -
+AP(fp32)| <= 0.01 on synthetic val and a median keypoint displacement fp8 vs fp32 <= 0.1 heatmap pixels (about
+as long as the learning test: minutes)."""
 
 import sys
 from pathlib import Path
