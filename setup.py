@@ -22,8 +22,16 @@ setup(
             "opencv-python-headless",
             "scipy",  # transformers' VitPose image processor warps and blurs with scipy
             "matplotlib",
+            "huggingface_hub",  # Hub ids in Model.from_pretrained (also a transformers dependency)
+            "onnx",  # ONNX export (torch.onnx's exporter needs onnxscript) checked with onnxruntime
+            "onnxscript",
+            "onnxruntime",
         ],
         "gpu": ["xformers"],
+        # Optional features for users: each is imported only when used.
+        "hub": ["huggingface_hub"],
+        "video": ["opencv-python-headless"],
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],
     },
     entry_points={"console_scripts": ["vitpose-fast=vitpose_fast.cli:main"]},
 )

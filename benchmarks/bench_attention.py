@@ -21,9 +21,11 @@ Implementations:
 
 Per row: median / p20 / p80 ms (``triton.testing.do_bench``), speedup over ``torch``, useful TFLOP/s
 (4 * B * heads * d * visible query-key pairs per forward, x3.5 for fwd+bwd, FA2's convention; masked and padded
-pairs are not counted) and the peak memory of one call above what the inputs already hold. On CPU the shapes
-shrink to a tiny case and the kernel runs in the Triton interpreter: that only shows the script runs; the
-figures need a GPU.
+pairs are not counted), that rate over the bf16 peak (``roofline``, :data:`common.PEAK_FLOPS`) and the peak
+memory of one call above what the inputs already hold. With ``--out`` the JSON file is rewritten after every row,
+so a run stopped by a time limit keeps what it finished. On CPU (or with ``--tiny``) the shapes shrink to a tiny
+case and, on CPU, the kernel runs in the Triton interpreter: that only shows the script runs; the figures need a
+GPU.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    RESULTS_DIR, PeakMemory, device_slug, do_bench, environment, interpreter_on_cpu, text_table, write_json,
+    RESULTS_DIR, PeakMemory, ResultFile, device_slug, do_bench, environment, interpreter_on_cpu, roofline,
+    text_table,
 )
 
 # name -> (batch, (Hp, Wp), heads, head_dim, window)
@@ -51,7 +54,9 @@ CASE_NAMES = {"b": "vitpose_b_1_8", "h": "vitpose_h_576x432_1_8"}
 CPU_CASE = ("tiny_cpu", (1, (8, 6), 2, 16, (4, 4)))
 MODES = ("global", "window", "shift", "pool", "shift_pool")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-COLUMNS = ["case", "spec", "rel_pos", "mode", "impl", "ms", "p20", "p80", "speedup", "tflops", "extra_mib"]
+IMPLS = ("torch", "triton", "flex", "sdpa", "flash", "xformers")
+COLUMNS = ["case", "spec", "rel_pos", "mode", "impl", "ms", "p20", "p80", "speedup", "tflops", "roofline",
+           "extra_mib"]
 
 
 def _spec(mode: str, window: Tuple[int, int], rel_pos: bool):
@@ -116,7 +121,11 @@ def _global_choice(choice: str) -> Callable:
     return fn
 
 
-def _impls(spec, grid, device: torch.device, dtype: torch.dtype) -> Dict[str, Callable]:
+def _impls(spec, grid, device: torch.device, dtype: torch.dtype, wanted=IMPLS) -> Dict[str, Callable]:
+    return {k: v for k, v in _all_impls(spec, grid, device, dtype, "flex" in wanted).items() if k in wanted}
+
+
+def _all_impls(spec, grid, device: torch.device, dtype: torch.dtype, with_flex: bool) -> Dict[str, Callable]:
     from vitpose_fast.reference.attention import attention_torch
 
     impls: Dict[str, Callable] = {"torch": attention_torch}
@@ -131,7 +140,7 @@ def _impls(spec, grid, device: torch.device, dtype: torch.dtype) -> Dict[str, Ca
             if kernel._xformers_attention() is not None:
                 impls["xformers"] = _global_choice("xformers")
     try:
-        flex = _flex(spec, grid, device)
+        flex = _flex(spec, grid, device) if with_flex else None
     except Exception as exc:  # noqa: BLE001 - an unsupported Flex configuration is a skipped row, not a failure
         print(f"flex unavailable for {spec}: {type(exc).__name__}: {exc}")
         flex = None
@@ -141,7 +150,7 @@ def _impls(spec, grid, device: torch.device, dtype: torch.dtype) -> Dict[str, Ca
 
 
 def bench_case(name: str, case, dtype: torch.dtype, device: torch.device, modes: List[str], specs: List[str],
-               rel_pos: List[bool], rep_ms: float) -> List[Dict[str, object]]:
+               rel_pos: List[bool], rep_ms: float, result: ResultFile, impls=IMPLS) -> List[Dict[str, object]]:
     batch, grid, heads, d, window = case
     n = grid[0] * grid[1]
     rows: List[Dict[str, object]] = []
@@ -157,7 +166,7 @@ def bench_case(name: str, case, dtype: torch.dtype, device: torch.device, modes:
             flops = 4 * batch * heads * d * visible_pairs(spec, grid)
             for mode in modes:
                 base_ms: Optional[float] = None
-                for impl, fn in _impls(spec, grid, device, dtype).items():
+                for impl, fn in _impls(spec, grid, device, dtype, impls).items():
                     run = _step(fn, qkv, tables, spec, grid, grad_out, mode)
                     try:
                         ms, p20, p80 = do_bench(run, device, rep_ms=rep_ms)
@@ -170,11 +179,13 @@ def bench_case(name: str, case, dtype: torch.dtype, device: torch.device, modes:
                         run()
                     extra = None if peak.mib is None else peak.mib - before / 2**20
                     base_ms = ms if impl == "torch" else base_ms
-                    rows.append({
+                    row = {
                         "case": name, "spec": spec_name, "rel_pos": rp, "mode": mode, "impl": impl, "ms": ms,
                         "p20": p20, "p80": p80, "speedup": base_ms / ms if base_ms else None,
-                        "tflops": flops * (1 if mode == "fwd" else 3.5) / (ms * 1e-3) / 1e12, "extra_mib": extra,
-                    })
+                        **roofline(ms, flops=flops * (1 if mode == "fwd" else 3.5), dtype=dtype), "extra_mib": extra,
+                    }
+                    rows.append(row)
+                    result.add(row)
             del qkv, grad_out
     return rows
 
@@ -202,13 +213,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--specs", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--rel-pos", nargs="+", choices=["on", "off"], default=["off", "on"])
     parser.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd", "fwd+bwd"])
+    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS),
+                        help="implementations to time (each only where it can run)")
+    parser.add_argument("--tiny", action="store_true", help="the tiny CPU case on any device (smoke runs)")
     parser.add_argument("--rep-ms", type=float, default=100.0)
     parser.add_argument("--out", nargs="?", const="auto", default=None,
                         help="write JSON (to this path, or with no value under benchmarks/results/)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
-    if interpreter_on_cpu(device):
+    if interpreter_on_cpu(device) or args.tiny:
         cases = [CPU_CASE]
         rep_ms = min(args.rep_ms, 20.0)
     else:
@@ -217,18 +231,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     rel_pos = [r == "on" for r in args.rel_pos]
 
-    rows: List[Dict[str, object]] = []
-    for name, case in cases:
-        rows += bench_case(name, case, dtype, device, args.modes, args.specs, rel_pos, rep_ms)
-        print(text_table([r for r in rows if r["case"] == name], COLUMNS), flush=True)
-
+    path = None
     if args.out is not None:
         stem = f"{device_slug(device)}_attention_{str(dtype).split('.')[-1]}_{_dt.date.today().isoformat()}"
         path = RESULTS_DIR / f"{stem}.json" if args.out == "auto" else Path(args.out)
-        case_info = {name: dict(zip(("batch", "grid", "heads", "head_dim", "window"), case)) for name, case in cases}
-        write_json(path, {"benchmark": "attention", "dtype": str(dtype), "cases": case_info,
-                          "env": environment(device), "rows": rows})
-        print(f"wrote {path}")
+    case_info = {name: dict(zip(("batch", "grid", "heads", "head_dim", "window"), case)) for name, case in cases}
+    result = ResultFile(path, {"benchmark": "attention", "dtype": str(dtype), "cases": case_info,
+                               "env": environment(device), "columns": COLUMNS})
+    for name, case in cases:
+        rows = bench_case(name, case, dtype, device, args.modes, args.specs, rel_pos, rep_ms, result, args.impls)
+        print(text_table(rows, COLUMNS), flush=True)
+    result.finish()
     return 0
 
 

@@ -11,10 +11,12 @@ Implementations (same heatmaps, centers and scales):
   patch around each peak.
 
 Reported per row: median / p20 / p80 milliseconds (``triton.testing.do_bench`` on CUDA), the speedup over
-``torch``, the heatmap read rate (N*K*H*W*itemsize bytes / median time: decoding is memory-bound), the peak
-memory of one call above its inputs, and the largest position difference to ``torch`` in heatmap pixels.
-Target: ``triton`` >= 10x ``torch`` for ``udp`` at 64 x 17 x 144 x 108. On CPU the shapes shrink to a tiny case
-and the kernel runs in the Triton interpreter: that only shows the script runs; the figures need a GPU.
+``torch``, the heatmap read rate (N*K*H*W*itemsize bytes / median time: decoding is memory-bound) and that rate
+over the bandwidth (``roofline``, :data:`common.PEAK_BYTES_S`), the peak memory of one call above its inputs,
+and the largest position difference to ``torch`` in heatmap pixels. With ``--out`` the JSON file is rewritten
+after every row.
+Target: ``triton`` >= 10x ``torch`` for ``udp`` at 64 x 17 x 144 x 108. On CPU (or with ``--tiny``) the shapes
+shrink to a tiny case and, on CPU, the kernel runs in the Triton interpreter: that only shows the script runs; the figures need a GPU.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    RESULTS_DIR, PeakMemory, device_slug, do_bench, environment, interpreter_on_cpu, text_table, write_json,
+    RESULTS_DIR, PeakMemory, ResultFile, device_slug, do_bench, environment, interpreter_on_cpu, roofline,
+    text_table,
 )
 
 # name -> (N persons, K keypoints, H, W) heatmaps
@@ -42,7 +45,10 @@ CPU_CASE = ("tiny_cpu", (1, 5, 16, 12))
 TARGET_CASE, TARGET_METHOD, TARGET_SPEEDUP = "vitpose_576x432_b64", "udp", 10.0
 METHODS = ("argmax", "default", "dark", "udp")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-COLUMNS = ["case", "method", "impl", "ms", "p20", "p80", "speedup", "target", "read_gbs", "extra_mib", "err_px"]
+COLUMNS = ["case", "method", "impl", "ms", "p20", "p80", "speedup", "target", "gbs", "roofline", "extra_mib", "err_px"]
+
+
+IMPLS = ("torch", "triton")
 
 
 def _impls(device: torch.device) -> Dict[str, Callable]:
@@ -69,7 +75,7 @@ def _heatmaps(n: int, k: int, h: int, w: int, dtype: torch.dtype, device: torch.
 
 
 def bench_case(name: str, shape: Tuple[int, int, int, int], methods: List[str], dtype: torch.dtype,
-               device: torch.device, rep_ms: float) -> List[Dict[str, object]]:
+               device: torch.device, rep_ms: float, result: ResultFile, impls=IMPLS) -> List[Dict[str, object]]:
     n, k, h, w = shape
     hm = _heatmaps(n, k, h, w, dtype, device)
     centers = torch.rand(n, 2, dtype=torch.float64, device=device) * 500
@@ -78,7 +84,7 @@ def bench_case(name: str, shape: Tuple[int, int, int, int], methods: List[str], 
     rows: List[Dict[str, object]] = []
     for method in methods:
         base: Optional[Tuple[float, torch.Tensor]] = None
-        for impl, fn in _impls(device).items():
+        for impl, fn in ((k, v) for k, v in _impls(device).items() if k in impls):
             def run(fn=fn, method=method) -> torch.Tensor:
                 return fn(hm, centers, scales, method)
 
@@ -96,11 +102,13 @@ def bench_case(name: str, shape: Tuple[int, int, int, int], methods: List[str], 
             target = None
             if (name, method, impl) == (TARGET_CASE, TARGET_METHOD, "triton"):
                 target = f">={TARGET_SPEEDUP:g}x " + ("ok" if speedup >= TARGET_SPEEDUP else "MISS")
-            rows.append({
+            row = {
                 "case": name, "method": method, "impl": impl, "ms": ms, "p20": p20, "p80": p80,
-                "speedup": speedup, "target": target, "read_gbs": read_bytes / (ms * 1e-3) / 1e9,
+                "speedup": speedup, "target": target, **roofline(ms, nbytes=read_bytes),
                 "extra_mib": extra, "err_px": float(err),
-            })
+            }
+            rows.append(row)
+            result.add(row)
     return rows
 
 
@@ -110,13 +118,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="heatmap dtype (model output)")
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations to time")
+    parser.add_argument("--tiny", action="store_true", help="the tiny CPU case on any device (smoke runs)")
     parser.add_argument("--rep-ms", type=float, default=200.0)
     parser.add_argument("--out", nargs="?", const="auto", default=None,
                         help="write JSON (to this path, or with no value under benchmarks/results/)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
-    if interpreter_on_cpu(device):
+    if interpreter_on_cpu(device) or args.tiny:
         cases = [CPU_CASE]
         rep_ms = min(args.rep_ms, 50.0)
     else:
@@ -124,18 +134,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         rep_ms = args.rep_ms
     dtype = DTYPES[args.dtype]
 
-    rows: List[Dict[str, object]] = []
-    for name, shape in cases:
-        rows += bench_case(name, shape, args.methods, dtype, device, rep_ms)
-    print(text_table(rows, COLUMNS))
-
+    path = None
     if args.out is not None:
         stem = f"{device_slug(device)}_heatmap_decode_{args.dtype}_{_dt.date.today().isoformat()}"
         path = RESULTS_DIR / f"{stem}.json" if args.out == "auto" else Path(args.out)
-        write_json(path, {"benchmark": "heatmap_decode", "dtype": args.dtype,
-                          "cases": {name: list(shape) for name, shape in cases}, "env": environment(device),
-                          "rows": rows})
-        print(f"wrote {path}")
+    result = ResultFile(path, {"benchmark": "heatmap_decode", "dtype": args.dtype,
+                               "cases": {name: list(shape) for name, shape in cases}, "env": environment(device),
+                               "columns": COLUMNS})
+    for name, shape in cases:
+        bench_case(name, shape, args.methods, dtype, device, rep_ms, result, args.impls)
+    print(text_table(result.rows, COLUMNS))
+    result.finish()
     return 0
 
 

@@ -10,9 +10,12 @@ Implementations (same inputs, K = 17 keypoints):
 - ``triton``: the same GEMM + the fused upsample / 9-tap / bias Triton kernel (and its gather backward).
 
 Reported per row: median / p20 / p80 milliseconds (``triton.testing.do_bench`` on CUDA), the speedup over
-``conv``, the conv-equivalent rate (2 * 9 * C * K * 16hw * B FLOPs per forward, x3 for fwd+bwd), and the peak
-memory of one call above what its inputs already hold. On CPU the shapes shrink to a tiny case and the Triton
-kernel runs in the interpreter: that only shows the script runs; the figures need a GPU.
+``conv``, the conv-equivalent rate (2 * 9 * C * K * 16hw * B FLOPs per forward, x3 for fwd+bwd), the bytes each
+call must move at least (input read, heatmaps written, weights; x2 for fwd+bwd) as GB/s, the larger of the two
+rates over its ceiling (``roofline``, :data:`common.PEAK_FLOPS` / :data:`common.PEAK_BYTES_S`), and the peak
+memory of one call above what its inputs already hold. With ``--out`` the JSON file is rewritten after every row.
+On CPU (or with ``--tiny``) the shapes shrink to a tiny case and, on CPU, the Triton kernel runs in the
+interpreter: that only shows the script runs; the figures need a GPU.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    RESULTS_DIR, PeakMemory, device_slug, do_bench, environment, interpreter_on_cpu, text_table, write_json,
+    RESULTS_DIR, PeakMemory, ResultFile, device_slug, do_bench, environment, interpreter_on_cpu, roofline,
+    text_table,
 )
 
 # name -> (C, h, w): the backbone feature map of the model at that input resolution (patch 16)
@@ -39,7 +43,10 @@ CASES: Dict[str, Tuple[int, int, int]] = {
 CPU_CASE = ("tiny_cpu", (32, 4, 3))
 NUM_KEYPOINTS = 17
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-COLUMNS = ["case", "batch", "mode", "impl", "ms", "p20", "p80", "speedup", "conv_tflops", "extra_mib"]
+COLUMNS = ["case", "batch", "mode", "impl", "ms", "p20", "p80", "speedup", "tflops", "gbs", "roofline", "extra_mib"]
+
+
+IMPLS = ("conv", "reorder", "triton")
 
 
 def _impls(device: torch.device) -> Dict[str, Callable]:
@@ -66,7 +73,7 @@ def _step(fn: Callable, x, weight, bias, grad_out, mode: str) -> Callable[[], No
 
 
 def bench_case(name: str, shape: Tuple[int, int, int], batch: int, dtype: torch.dtype, device: torch.device,
-               modes: List[str], rep_ms: float) -> List[Dict[str, object]]:
+               modes: List[str], rep_ms: float, result: ResultFile, impls=IMPLS) -> List[Dict[str, object]]:
     c, h, w = shape
     k = NUM_KEYPOINTS
     # The backbone hands over [B, N, C] tokens: benchmark on their NCHW view, as the model does.
@@ -76,10 +83,11 @@ def bench_case(name: str, shape: Tuple[int, int, int], batch: int, dtype: torch.
     bias = torch.zeros(k, device=device, dtype=dtype, requires_grad=True)
     grad_out = torch.randn(batch, k, 4 * h, 4 * w, device=device, dtype=dtype)
     flops = 2 * 9 * c * k * 16 * h * w * batch
+    nbytes = (batch * c * h * w + batch * k * 16 * h * w + k * c * 9) * x.element_size()
     rows: List[Dict[str, object]] = []
     for mode in modes:
         base_ms: Optional[float] = None
-        for impl, fn in _impls(device).items():
+        for impl, fn in ((k, v) for k, v in _impls(device).items() if k in impls):
             run = _step(fn, x, weight, bias, grad_out, mode)
             ms, p20, p80 = do_bench(run, device, rep_ms=rep_ms)
             before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
@@ -87,12 +95,15 @@ def bench_case(name: str, shape: Tuple[int, int, int], batch: int, dtype: torch.
                 run()
             extra = None if peak.mib is None else peak.mib - (before / 2**20 if device.type == "cuda" else 0)
             base_ms = ms if impl == "conv" else base_ms
-            rows.append({
+            row = {
                 "case": name, "batch": batch, "mode": mode, "impl": impl, "ms": ms, "p20": p20, "p80": p80,
                 "speedup": base_ms / ms if base_ms else None,
-                "conv_tflops": flops * (1 if mode == "fwd" else 3) / (ms * 1e-3) / 1e12,
+                **roofline(ms, flops=flops * (1 if mode == "fwd" else 3), nbytes=nbytes * (1 if mode == "fwd" else 2),
+                           dtype=dtype),
                 "extra_mib": extra,
-            })
+            }
+            rows.append(row)
+            result.add(row)
     return rows
 
 
@@ -103,13 +114,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=None, help="default: 1 32 64 (CUDA), 1 (CPU)")
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=sorted(CASES))
     parser.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd", "fwd+bwd"])
+    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations to time")
+    parser.add_argument("--tiny", action="store_true", help="the tiny CPU case on any device (smoke runs)")
     parser.add_argument("--rep-ms", type=float, default=200.0)
     parser.add_argument("--out", nargs="?", const="auto", default=None,
                         help="write JSON (to this path, or with no value under benchmarks/results/)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
-    if interpreter_on_cpu(device):
+    if interpreter_on_cpu(device) or args.tiny:
         cases = [CPU_CASE]
         batches = args.batches or [1]
         rep_ms = min(args.rep_ms, 50.0)
@@ -119,18 +132,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         rep_ms = args.rep_ms
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
 
-    rows: List[Dict[str, object]] = []
-    for name, shape in cases:
-        for batch in batches:
-            rows += bench_case(name, shape, batch, dtype, device, args.modes, rep_ms)
-    print(text_table(rows, COLUMNS))
-
+    path = None
     if args.out is not None:
         stem = f"{device_slug(device)}_simple_decoder_{str(dtype).split('.')[-1]}_{_dt.date.today().isoformat()}"
         path = RESULTS_DIR / f"{stem}.json" if args.out == "auto" else Path(args.out)
-        write_json(path, {"benchmark": "simple_decoder", "dtype": str(dtype), "num_keypoints": NUM_KEYPOINTS,
-                          "env": environment(device), "rows": rows})
-        print(f"wrote {path}")
+    result = ResultFile(path, {"benchmark": "simple_decoder", "dtype": str(dtype), "num_keypoints": NUM_KEYPOINTS,
+                               "cases": {name: list(shape) for name, shape in cases}, "env": environment(device),
+                               "columns": COLUMNS})
+    for name, shape in cases:
+        for batch in batches:
+            bench_case(name, shape, batch, dtype, device, args.modes, rep_ms, result, args.impls)
+    print(text_table(result.rows, COLUMNS))
+    result.finish()
     return 0
 
 

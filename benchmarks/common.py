@@ -11,6 +11,7 @@ attention matmuls are counted (LayerNorm, GELU, softmax, bias, upsampling and Ba
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import json
 import os
 import platform
@@ -27,6 +28,11 @@ import torch
 
 from vitpose_fast.config import ModelConfig
 from vitpose_fast.reference.attention import geometry
+
+try:
+    from .tables import format_cell, markdown_table, text_table  # noqa: F401 (re-exported)
+except ImportError:  # imported as a top-level module by the bench_*.py scripts (benchmarks/ on sys.path)
+    from tables import format_cell, markdown_table, text_table  # noqa: F401
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -62,6 +68,11 @@ def device_slug(device: torch.device) -> str:
 
 
 def _version(module: str) -> Optional[str]:
+    # The installed distribution's version: importing transformers only to read it costs seconds.
+    try:
+        return importlib.metadata.version(module)
+    except importlib.metadata.PackageNotFoundError:
+        pass
     try:
         mod = __import__(module)
     except Exception:  # a broken optional install must not stop a benchmark
@@ -135,17 +146,20 @@ def percentile(values: Sequence[float], q: float) -> float:
 def do_bench(fn: Callable[[], object], device: torch.device, warmup_ms: float = 25, rep_ms: float = 100,
              quantiles: Sequence[float] = (0.5, 0.2, 0.8)) -> List[float]:
     """Median / p20 / p80 milliseconds of ``fn``: ``triton.testing.do_bench`` on CUDA (it flushes L2 between
-    calls), a short ``perf_counter`` loop on CPU (at least 3 calls)."""
+    calls), a short ``perf_counter`` loop on CPU (at least 3 calls, the first untimed)."""
     if device.type == "cuda":
         from triton.testing import do_bench as _triton_do_bench
 
-        return list(_triton_do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=list(quantiles)))
+        # One quantile comes back as a plain float, several as a list (triton 3.x).
+        got = _triton_do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=list(quantiles))
+        return [float(v) for v in (got if isinstance(got, (list, tuple)) else [got])]
     fn()
     t0 = time.perf_counter()
     fn()
     once = max(time.perf_counter() - t0, 1e-6) * 1e3
-    n = max(3, int(rep_ms / once))
-    times = time_iterations(fn, device, 0, n)
+    # A call slower than rep_ms (the Triton interpreter) is timed once more at most: CPU figures only show that
+    # the script runs.
+    times = [once] + time_iterations(fn, device, 0, max(1, min(int(rep_ms / once), 1000)))
     return [percentile(times, 100 * q) for q in quantiles]
 
 
@@ -203,6 +217,33 @@ class PeakMemory:
             rss = _rss_bytes()
             self._peak = max(self._peak, rss or 0)
             self.mib = (self._peak - self._base) / 2**20
+
+
+# ---------------------------------------------------------------------------------------------------- roofline
+# The ceilings micro-benchmark rows are compared with: one H200 as measured on the GPU machines this project uses
+# (a large device-to-device copy, bytes read plus written; an 8192^3 GEMM on random data). fp32 dots run on the
+# tensor cores in TF32 (Triton's and cuBLAS' default here), at half the bf16 rate.
+PEAK_DEVICE = "H200"
+PEAK_BYTES_S = 4.3e12
+PEAK_FLOPS = {torch.bfloat16: 790e12, torch.float16: 790e12, torch.float32: 395e12}
+
+
+def roofline(ms: float, flops: Optional[float] = None, nbytes: Optional[float] = None,
+             dtype: torch.dtype = torch.bfloat16) -> Dict[str, object]:
+    """Achieved rates of one timed call beside the ceilings above: ``tflops`` and/or ``gbs`` achieved, and
+    ``roofline`` = the larger of (FLOP/s over the dtype's peak, bytes/s over the bandwidth): 1.0 is the floor."""
+    out: Dict[str, object] = {}
+    fractions = []
+    if flops is not None:
+        rate = flops / (ms * 1e-3)
+        out["tflops"] = rate / 1e12
+        fractions.append(rate / PEAK_FLOPS[dtype])
+    if nbytes is not None:
+        rate = nbytes / (ms * 1e-3)
+        out["gbs"] = rate / 1e9
+        fractions.append(rate / PEAK_BYTES_S)
+    out["roofline"] = max(fractions) if fractions else None
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- matmul rate
@@ -287,39 +328,40 @@ def result_stem(device: torch.device, model: str, res: Sequence[int], suffix: st
     return "_".join(parts)
 
 
-def format_cell(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if value == 0 or 1e-3 <= abs(value) < 1e5:
-            return f"{value:.4g}" if abs(value) < 10 else f"{value:.1f}"
-        return f"{value:.2e}"
-    return str(value)
-
-
-def markdown_table(rows: Sequence[Dict[str, object]], columns: Sequence[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(format_cell(row.get(c)) for c in columns) + " |")
-    return "\n".join(lines)
-
-
-def text_table(rows: Sequence[Dict[str, object]], columns: Sequence[str]) -> str:
-    """A fixed-width table for a terminal."""
-    cells = [[format_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    fmt = "  ".join("{:<%d}" % w for w in widths)
-    out = [fmt.format(*columns), fmt.format(*("-" * w for w in widths))]
-    out += [fmt.format(*row) for row in cells]
-    return "\n".join(out)
-
-
 def write_json(path: Path, payload: Dict[str, object]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     os.replace(tmp, path)
     return path
+
+
+class ResultFile:
+    """A micro-benchmark's JSON result file, rewritten (atomically) after every row: a run stopped by a time limit
+    keeps every finished row. ``complete`` turns true when :meth:`finish` is called. ``path=None``: no file."""
+
+    def __init__(self, path: Optional[Path], header: Dict[str, object]):
+        self.path = path
+        self.payload: Dict[str, object] = dict(header, complete=False, rows=[])
+        self._write()
+
+    @property
+    def rows(self) -> List[Dict[str, object]]:
+        return self.payload["rows"]  # type: ignore[return-value]
+
+    def add(self, row: Dict[str, object]) -> None:
+        self.rows.append(row)
+        self._write()
+
+    def finish(self) -> None:
+        self.payload["complete"] = True
+        self._write()
+        if self.path is not None:
+            print(f"wrote {self.path}")
+
+    def _write(self) -> None:
+        if self.path is not None:
+            write_json(self.path, self.payload)
 
 
 def interpreter_on_cpu(device) -> bool:

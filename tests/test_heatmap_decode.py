@@ -121,6 +121,25 @@ def test_first_maximum_on_ties_across_chunks():
     _check(hm, "default", tol=0.0)
 
 
+def test_first_maximum_on_ties_in_one_lane_across_chunks():
+    # Each lane keeps a running maximum over the chunks, so only a tie at the same offset of two different chunks
+    # (flat indices i and i + BLOCK * c) exercises the chunk merge: the lane must keep the earlier one.
+    block = hd._DEFAULT_CONFIG.kwargs["BLOCK"]
+    H, W = 72, 96  # 6912 values: four chunks of the default block, the last one partial
+    assert H * W > 3 * block
+    pairs = [(0, block), (7, 3 * block + 7), (block + 5, 2 * block + 5), (block - 1, 3 * block - 1)]
+    hm = 0.5 * torch.rand(1, len(pairs), H, W, device=DEVICE)
+    flat = hm.view(1, len(pairs), H * W)
+    for k, (i, j) in enumerate(pairs):
+        flat[0, k, i] = flat[0, k, j] = 1.0
+    centers = torch.tensor([[48.0, 36.0]], dtype=torch.float64, device=DEVICE)
+    scales = torch.tensor([[W / 200.0, H / 200.0]], dtype=torch.float64, device=DEVICE)  # one image px per map px
+    out = hd.decode_heatmaps_triton(hm, centers, scales, "argmax")
+    first = torch.tensor([[i % W, i // W] for i, _ in pairs], dtype=torch.float32, device=DEVICE)
+    torch.testing.assert_close(out[0, :, :2], first, rtol=0, atol=0)
+    _check(hm, "argmax", tol=0.0)
+
+
 def _newton_sensitivity(hm: torch.Tensor, method: str, kernel: int = 11) -> torch.Tensor:
     """A first-order bound [N, K] on how far rounding moves the reference's Newton step at each argmax.
 

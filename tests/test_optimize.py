@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from vitpose_fast import Model
-from vitpose_fast import optimize as optimize_mod
 from vitpose_fast.config import HeadConfig
 from vitpose_fast.heads import ClassicHead
+
+from fake_cuda import fake_cuda  # noqa: F401  (a fixture: CUDA graphs and streams faked on the CPU)
 
 TINY = dict(res=(64, 48), embed_dim=32, depth=2, num_heads=2, num_keypoints=5)
 
@@ -86,77 +85,10 @@ def test_optimize_matches_eager(dtype, tol):
 
 # --------------------------------------------------------------------------------------------------------------
 # CUDA graphs, with fakes that behave like the real API
-class _Recorder(TorchDispatchMode):
-    """Records every op run while capturing (like a CUDA graph); host syncs fail as they do during a capture."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.ops.aten._local_scalar_dense.default:
-            raise RuntimeError("host sync during CUDA graph capture")
-        out = func(*args, **kwargs)
-        self.ops.append((func, args, kwargs, out))
-        return out
-
-
-class FakeCUDAGraph:
-    instances = 0
-
-    def __init__(self):
-        FakeCUDAGraph.instances += 1
-        self.ops = None
-
-    def replay(self):
-        # Re-run the recorded ops on the same tensors (inputs, weights read at replay time) into the same outputs.
-        for func, args, kwargs, out in self.ops:
-            new = func(*args, **kwargs)
-            olds, _ = tree_flatten(out)
-            news, _ = tree_flatten(new)
-            for o, n in zip(olds, news):
-                if isinstance(o, torch.Tensor) and o is not n:
-                    o.copy_(n)
-
-
-class _FakeGraphContext:
-    def __init__(self, graph, pool=None, stream=None):
-        self.graph = graph
-
-    def __enter__(self):
-        self.recorder = _Recorder()
-        self.recorder.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.recorder.__exit__(*exc)
-        self.graph.ops = self.recorder.ops
-        return False
-
-
-class _FakeStream:
-    def wait_stream(self, other):
-        pass
-
-
-@pytest.fixture
-def fake_cuda(monkeypatch):
-    import contextlib
-
-    FakeCUDAGraph.instances = 0
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeCUDAGraph)
-    monkeypatch.setattr(torch.cuda, "graph", _FakeGraphContext)
-    monkeypatch.setattr(torch.cuda, "Stream", _FakeStream)
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: _FakeStream())
-    monkeypatch.setattr(optimize_mod, "cuda_graphs_available", lambda device: True)
-
-
-def test_fake_graph_replays_recorded_ops():
-    g = FakeCUDAGraph()
+def test_fake_graph_replays_recorded_ops(fake_cuda):
+    g = torch.cuda.CUDAGraph()
     a = torch.randn(4)
-    with _FakeGraphContext(g):
+    with torch.cuda.graph(g):
         b = (a * 2).relu_()
     a.copy_(torch.randn(4))
     g.replay()

@@ -1,6 +1,6 @@
 """Typed training presets reproducing the official ViTPose COCO configs, plus a tiny CPU preset.
 
-Names: ``vitpose_{s,b,l,h}[_simple]_coco_{256x192,384x288,576x432}``, ``tiny_synthetic`` and
+Names: ``vitpose_{s,b,l,h,g}[_simple]_coco_{256x192,384x288,576x432}``, ``tiny_synthetic`` and
 ``tiny_synthetic_multi`` (the tiny model as a ViTPose+ with 6 experts, for multi-dataset runs on synthetic sets). The 256x192 values
 are the official ``ViTPose_{small,base,large,huge}[_simple]_coco_256x192.py`` (AdamW lr 5e-4, wd 0.1, betas
 0.9/0.999, layer decay S 0.8 / B 0.75 / L 0.8 / H 0.85, drop path S 0.1 / B 0.3 / L 0.5 / H 0.55, batch 64 per
@@ -9,6 +9,8 @@ GPU x 8, 210 epochs, x0.1 at 170 and 200, 500 warmup iters from 0.001x, grad cli
 Where we had to choose: the official repository has no 384x288 or 576x432 ViTPose configs; we keep the recipe
 and scale sigma with the heatmap (2 -> 3 -> 4.5; mmpose's HRNet 384x288 configs use 3). The official configs
 clip gradients at 1.0 although the released ViTPose-B log shows no grad norm (probably trained unclipped).
+``vitpose_g`` is the ~1B plain-ViT stand-in of :mod:`vitpose_fast.config` with the same recipe (no official
+config is public); it needs ``--fsdp`` on common GPUs (``train.py --estimate-memory``).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class TrainPreset:
         return self.model.layer_decay
 
 
-_SIZES = {"s": "vitpose_s", "b": "vitpose_b", "l": "vitpose_l", "h": "vitpose_h"}
+_SIZES = {"s": "vitpose_s", "b": "vitpose_b", "l": "vitpose_l", "h": "vitpose_h", "g": "vitpose_g"}
 _RESOLUTIONS = {"256x192": ((256, 192), 2.0), "384x288": ((384, 288), 3.0), "576x432": ((576, 432), 4.5)}
 
 

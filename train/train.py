@@ -9,9 +9,15 @@ Usage (COCO layout: ``DIR/annotations/person_keypoints_{train,val}2017.json``, `
     torchrun --nproc_per_node=8 train/train.py --preset vitpose_b_coco_256x192 --data-root data/coco \\
         --init mae_pretrain_vit_base.pth --out runs/vitpose_b --amp bf16
 
-    # larger models: activation checkpointing, FSDP
-    torchrun --nproc_per_node=8 train/train.py --preset vitpose_h_coco_256x192 --data-root data/coco \\
+    # larger models: activation checkpointing, FSDP2 (sharded checkpoints in runs/vitpose_h/last.dcp; resume on
+    # any process count with --resume runs/vitpose_h/last.dcp; `python -m vitpose_fast.distributed consolidate
+    # runs/vitpose_h/last.dcp w.pth` makes Model.save weights of one; --estimate-memory prints the per-rank memory)
+    torchrun --nproc_per_node=8 train/train.py --preset vitpose_h_coco_576x432 --data-root data/coco \\
         --init mae_pretrain_vit_huge.pth --out runs/vitpose_h --amp bf16 --checkpointing --fsdp
+
+    # several machines: the same command on each, a rendezvous endpoint all of them reach, a shared --out
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_id=job --rdzv_endpoint=HOST:29400 \\
+        train/train.py --preset vitpose_h_coco_576x432 --data-root data/coco --out /shared/runs/vitpose_h --fsdp
 
     # CPU: a synthetic set and the tiny preset, two processes (gloo)
     python -m vitpose_fast.data.synthetic --out data/synth --images 400
@@ -51,8 +57,10 @@ their mean (``best.pth`` follows it)::
     # ... resumed exactly as above with --resume runs/tiny_multi/last.pth; split into per-dataset models with
     # Model.from_pretrained("runs/tiny_multi/final.pth").split_datasets()
 
-Outputs in ``--out``: ``metrics.jsonl`` (one JSON object per logged step and per evaluation), ``last.pth``
-(training state, written atomically every ``--save-interval`` epochs and when ``--max-steps`` stops the run),
+Outputs in ``--out``: ``metrics.jsonl`` (one JSON object per logged step, with the global batch's loss, and per
+evaluation), ``last.pth`` (training state, written atomically every ``--save-interval`` epochs and when
+``--max-steps`` stops the run; with ``--fsdp`` the sharded ``last.dcp`` folder instead, see
+``vitpose_fast.distributed``),
 ``best.pth`` (model weights of the best val AP, ``Model.from_pretrained``-loadable) and ``final.pth`` (weights
 at the end).
 
@@ -92,6 +100,17 @@ from vitpose_fast.data import transforms as T  # noqa: E402
 from vitpose_fast.data.coco import CocoKeypoints, collate, gpu_crop_batch, load_coco, upper_body_ids  # noqa: E402
 from vitpose_fast.data.multi import DatasetSource, MultiDataset, RatioSampler, collate_multi  # noqa: E402
 from vitpose_fast.datasets import VITPOSE_PLUS_DATASETS, DatasetInfo, get_dataset  # noqa: E402
+from vitpose_fast.distributed import (  # noqa: E402
+    ensure_process_group,
+    full_state_dict,
+    is_sharded,
+    is_sharded_checkpoint,
+    load_sharded,
+    local_copy,
+    read_train_state,
+    save_sharded,
+    shard_model,
+)
 from vitpose_fast.model import Model  # noqa: E402
 from vitpose_fast.training import (  # noqa: E402
     MultiHeadModel,
@@ -151,7 +170,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     o.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     o.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
     o.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm in the classic head (DDP)")
-    o.add_argument("--fsdp", action="store_true", help="FullyShardedDataParallel (one unit per block)")
+    o.add_argument("--fsdp", action="store_true",
+                   help="FSDP2 (fully_shard per block, then the root; bf16 parameters and fp32 reductions with "
+                        "--amp bf16); checkpoints become sharded DCP folders (OUT/last.dcp)")
     o.add_argument("--init", type=Path, help="MAE/timm/ViTPose checkpoint to start from (non-strict)")
     o.add_argument("--freeze", choices=("attn", "ffn"), default=None,
                    help="partial fine-tuning, official meanings: attn = attention + norm1 of every block; "
@@ -172,6 +193,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     r.add_argument("--log-interval", type=int, default=20, help="steps between metrics.jsonl records")
     r.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     r.add_argument("--eval-only", action="store_true", help="evaluate the --init weights and exit")
+    r.add_argument("--estimate-memory", action="store_true",
+                   help="print the per-rank memory of DDP and of FSDP on --ranks processes for the preset at its "
+                        "batch (meta device, nothing allocated) and exit")
+    r.add_argument("--ranks", type=int, nargs="+", default=[1, 8, 64], help="process counts for --estimate-memory")
     return p.parse_args(argv)
 
 
@@ -310,6 +335,15 @@ def init_distributed(device_arg: Optional[str]) -> Tuple[int, int, torch.device]
     return rank, world, device
 
 
+def global_mean(value: torch.Tensor, world: int) -> float:
+    """The mean of a scalar over the ranks (every rank calls this)."""
+    if world == 1:
+        return value.item()
+    value = value.detach().float().clone()
+    dist.all_reduce(value)
+    return value.item() / world
+
+
 def all_gather(obj: Any, world: int) -> List[Any]:
     if world == 1:
         return [obj]
@@ -366,43 +400,38 @@ def load_init(model: Model, path: Path, log) -> None:
 
 
 def wrap_model(model: nn.Module, args: argparse.Namespace, world: int, device: torch.device) -> nn.Module:
+    if args.sync_bn and (world > 1 or args.fsdp):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if args.fsdp:  # also with one process: the same code path and checkpoint format as on many
+        ensure_process_group(device)
+        return shard_model(model, device, torch.bfloat16 if args.amp == "bf16" else None)
     if world == 1:
         return model
     if isinstance(model, MultiHeadModel):
         # A rank's batch may lack a dataset: its head and expert then take no part in that rank's graph.
         return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                    find_unused_parameters=True)
-    if args.fsdp:
-        if device.type != "cuda":
-            raise ValueError("--fsdp needs CUDA devices (FullyShardedDataParallel has no CPU backend); use DDP on CPU")
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-
-        from vitpose_fast.backbone import Block
-
-        # use_orig_params keeps the official parameter names, which the layer-decay groups are keyed on.
-        return FSDP(model, auto_wrap_policy=ModuleWrapPolicy({Block}), use_orig_params=True,
-                    device_id=device if device.type == "cuda" else None)
-    if args.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def model_state(model: nn.Module, args: argparse.Namespace) -> Dict[str, torch.Tensor]:
-    if args.fsdp and hasattr(model, "module"):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return unwrap(model).state_dict()
+def model_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The full weights (sharded models: gathered on rank 0, every rank calls this)."""
+    return full_state_dict(model) if is_sharded(model) else unwrap(model).state_dict()
 
 
-def optim_state(model: nn.Module, optimizer, args: argparse.Namespace) -> Dict[str, Any]:
-    if args.fsdp and hasattr(model, "module"):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+def estimate_memory_report(args: argparse.Namespace) -> Dict[str, Any]:
+    """``--estimate-memory``: the per-rank memory table of the preset (at its per-process batch, ``--amp``,
+    ``--checkpointing``, ``--freeze``) for DDP and for FSDP on each of ``--ranks``, printed and returned."""
+    from vitpose_fast.distributed import estimate_memory, memory_table
 
-        return get_optimizer_state_dict(model, optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return optimizer.state_dict()
+    pre = resolve_preset(args)
+    amp = "bf16" if args.amp == "bf16" else "none"
+    rows = estimate_memory(pre.model, pre.batch_size, args.ranks, amp, args.checkpointing, args.freeze)
+    h, w = pre.model.backbone.img_size
+    print(f"{pre.name} ({h}x{w}), batch {pre.batch_size} per rank, AdamW, amp {args.amp}"
+          f"{', activation checkpointing' if args.checkpointing else ''}: GiB per rank")
+    print(memory_table(rows))
+    return {"memory": rows}
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -527,21 +556,13 @@ def _eval_note(src: DatasetSource, use_gt_bbox: bool) -> str:
 def run_evaluation(ddp_model: nn.Module, model: Model, pre: TrainPreset, paths: Dict[str, Optional[Path]],
                    rank: int, world: int, args: argparse.Namespace,
                    sources: Optional[List[DatasetSource]] = None, log=print) -> Dict[str, float]:
-    """Evaluate the current weights (every ``sources`` set when given). DDP: every rank scores its share of the
-    images. FSDP: the full weights are gathered into a fresh model on rank 0, which scores all images (the
-    sharded forward would need every rank in every call)."""
+    """Evaluate the current weights (every ``sources`` set when given): every rank scores its share of the images,
+    rank 0 gathers them and runs COCOeval once. FSDP: each rank scores with a plain copy holding the full weights
+    (a sharded forward would need every rank in every call, and ranks score different numbers of boxes)."""
     if sources is not None:
         return evaluate_sets(unwrap(ddp_model), pre, sources, rank, world, args, log)
-    if not (args.fsdp and world > 1):
-        return evaluate(unwrap(ddp_model), pre, paths, rank, world, args.max_val_images, args.out)
-    full = model_state(ddp_model, args)
-    stats: Dict[str, float] = {}
-    if rank == 0:
-        copy = Model(pre.model, backend=args.backend)
-        copy.load_state_dict(full)
-        stats = evaluate(copy.to(next(model.parameters()).device), pre, paths, 0, 1, args.max_val_images,
-                         args.out)
-    return all_gather(stats, world)[0]
+    scorer = local_copy(ddp_model, args.backend) if is_sharded(ddp_model) else unwrap(ddp_model)
+    return evaluate(scorer, pre, paths, rank, world, args.max_val_images, args.out)
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -560,8 +581,13 @@ class MetricsLog:
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     """Train; returns a summary (``step``, ``epochs_done``, ``best_ap``, ``last_eval``, ``images_per_s``)."""
     args = parse_args(argv)
+    if args.estimate_memory:
+        return estimate_memory_report(args)
     rank, world, device = init_distributed(args.device)
     is_main = rank == 0
+    if args.fsdp and args.amp == "fp16":
+        raise ValueError("--fsdp trains with --amp bf16 or none (fp16 would need a grad scaler that agrees across "
+                         "shards); use --amp bf16")
 
     def log(msg: str) -> None:
         if is_main:
@@ -636,8 +662,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     )
     iters_per_epoch = sampler.num_batches
 
+    own_group = args.fsdp and not dist.is_initialized()  # FSDP in one plain process: a group of one, ours
     ddp_model = wrap_model(MultiHeadModel(model) if sources is not None else model, args, world, device)
-    # Groups from the wrapped module's parameters (FSDP's use_orig_params views); names are the official ones.
+    # Groups from the wrapped module's parameters (FSDP2: per-parameter DTensors); names are the official ones.
     groups = param_groups(unwrap(ddp_model), pre.optim.lr, pre.optim.weight_decay, pre.model.layer_decay,
                           pre.model.backbone.depth)
     optimizer = torch.optim.AdamW(groups, lr=pre.optim.lr, betas=pre.optim.betas, weight_decay=pre.optim.weight_decay)
@@ -648,15 +675,19 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     start_epoch, step, start_batch, best_ap = 0, 0, 0, -1.0
     if args.resume is not None:
-        state = load_checkpoint(args.resume)
+        sharded_ckpt = is_sharded_checkpoint(args.resume)  # any process count, with or without --fsdp
+        if sharded_ckpt:
+            state = read_train_state(args.resume)
+        elif is_sharded(ddp_model):
+            raise ValueError(f"--fsdp resumes from a sharded checkpoint folder (OUT/last.dcp), got the file "
+                             f"{args.resume}; resume it without --fsdp")
+        else:
+            state = load_checkpoint(args.resume)
         if state.get("datasets") != ([s.info.name for s in sources] if sources is not None else None):
             raise ValueError(f"{args.resume} was trained on datasets {state.get('datasets')}, this run has "
                              f"{[s.info.name for s in sources] if sources is not None else None}")
-        if args.fsdp and world > 1:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-            set_state_dict(ddp_model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-                           options=StateDictOptions(full_state_dict=True))
+        if sharded_ckpt:
+            load_sharded(args.resume, ddp_model, optimizer)  # DCP reshards to this run's processes
         else:
             unwrap(ddp_model).load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -695,17 +726,19 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     def checkpoint(epoch: int, batch_in_epoch: int) -> None:
         rngs = all_gather(capture_rng_state(), world)
-        mstate, ostate = model_state(ddp_model, args), optim_state(ddp_model, optimizer, args)
-        if is_main:
-            state = training_state(unwrap(ddp_model), optimizer, scheduler, scaler, epoch=epoch, step=step,
-                                   batch_in_epoch=batch_in_epoch, rng_states=rngs,
-                                   extra={"best_ap": best_ap, "preset": pre.name, "args": _jsonable(vars(args)),
-                                          **multi_extra})
-            state["model"], state["optimizer"] = mstate, ostate
+        # world_size and global_batch: a resume may change the process count if the global batch stays.
+        state = training_state(unwrap(ddp_model), optimizer, scheduler, scaler, epoch=epoch, step=step,
+                               batch_in_epoch=batch_in_epoch, rng_states=rngs, weights=False,
+                               extra={"best_ap": best_ap, "preset": pre.name, "args": _jsonable(vars(args)),
+                                      "world_size": world, "global_batch": pre.batch_size * world, **multi_extra})
+        if is_sharded(ddp_model):
+            save_sharded(args.out / "last.dcp", ddp_model, optimizer, state)
+        elif is_main:
+            state["model"], state["optimizer"] = unwrap(ddp_model).state_dict(), optimizer.state_dict()
             save_checkpoint(args.out / "last.pth", state)
 
     def save_weights(name: str) -> None:
-        mstate = model_state(ddp_model, args)
+        mstate = model_state(ddp_model)
         if is_main:
             from vitpose_fast.checkpoint import FORMAT, VERSION
 
@@ -761,13 +794,15 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             step += 1
             batch_in_epoch += 1
             seen += images.shape[0] * world
-            if bar is not None or step % args.log_interval == 0 or step == stop_at:
-                loss_value = loss.item()
+            log_now = step % args.log_interval == 0 or step == stop_at
+            if bar is not None or log_now:
+                # Logged: the loss of the global batch (the mean of the ranks' means over equal shares).
+                loss_value = global_mean(loss, world) if log_now else loss.item()
                 ips = seen / max(time.perf_counter() - t0, 1e-9)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(epoch=epoch, loss=f"{loss_value:.3e}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
-                if step % args.log_interval == 0 or step == stop_at:
+                if log_now:
                     # Per-head losses: this process's mean over its samples of each dataset in this batch.
                     per_head = {f"loss/{VITPOSE_PLUS_DATASETS[d].name}": v.item() for d, v in head_losses.items()}
                     metrics.write(step=step, epoch=epoch, loss=loss_value, **per_head, lr=lr, images_per_s=ips,
@@ -797,6 +832,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         save_weights("final.pth")
     summary = {"step": step, "epochs_done": step // iters_per_epoch, "best_ap": best_ap, "last_eval": last_eval, "images_per_s": ips}
     log(json.dumps({"summary": summary}))
+    if own_group:
+        dist.destroy_process_group()
     return summary
 
 

@@ -67,6 +67,11 @@ def read_checkpoint(src) -> Tuple[StateDict, Optional[ModelConfig], dict]:
     hf_config: dict = {}
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
+        if isinstance(src, str) and not path.exists():
+            from .hub import is_hub_id, resolve_hub_id
+
+            if is_hub_id(src):
+                path = resolve_hub_id(src)
         if path.is_dir():
             cfg_file = path / "config.json"
             if cfg_file.exists():
@@ -81,7 +86,10 @@ def read_checkpoint(src) -> Tuple[StateDict, Optional[ModelConfig], dict]:
                     "save_pretrained folder)"
                 )
         elif not path.exists():
-            raise CheckpointError(f"checkpoint {str(src)!r} does not exist")
+            raise CheckpointError(
+                f"checkpoint {str(src)!r} does not exist (expected a local file or folder, or a Hugging Face Hub "
+                "id 'org/name')"
+            )
         if path.suffix == ".safetensors":
             obj: dict = _safetensors_load(path)
             if not hf_config and (path.parent / "config.json").exists():

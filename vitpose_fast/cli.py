@@ -4,6 +4,12 @@
     Top-down keypoints for every image, written as COCO keypoint results (one entry per person, plus its
     ``bbox`` xywh). Without ``--boxes`` each image is one person box; with a COCO detection-results file the
     boxes of image id ``int(file stem)`` are used (category 1, score >= ``--box-thr``).
+``vitpose-fast predict --weights W CLIP.mp4 [--detector SPEC | --boxes PER_FRAME.json] --out poses.jsonl [--vis out.mp4]``
+    A video file, webcam index or stream URL: one JSON line per frame (:mod:`vitpose_fast.video`).
+    ``--detector module:callable`` or ``yolo:PATH.pt`` finds the persons for images and videos
+    (:mod:`vitpose_fast.detectors`).
+``vitpose-fast export --onnx OUT.onnx --weights W [--res HxW] [--dataset-index I] [--check]``
+    ONNX export of the plain-PyTorch path (:mod:`vitpose_fast.onnx_export`).
 ``vitpose-fast eval --weights W --ann ANN.json --images DIR [--dets DETS.json] [--no-flip]``
     The official COCO top-down evaluation: GT boxes (official clean-up: clipped, ``w - 1``) or detections,
     flip test, rescoring, OKS-NMS, ``COCOeval``; prints the AP table.
@@ -12,7 +18,7 @@
 tensor cores (see :mod:`vitpose_fast.fp8`), so ``eval --precision fp8`` measures its AP on your data.
 
 ``--weights`` is anything :meth:`vitpose_fast.Model.from_pretrained` loads (our checkpoints, official ``.pth``,
-Hugging Face folders); ``--model PRESET`` instead builds that preset and loads the weights into it strictly.
+Hugging Face folders, Hub ids); ``--model PRESET`` instead builds that preset and loads the weights into it strictly.
 """
 
 from __future__ import annotations
@@ -115,17 +121,35 @@ def _image_id(path: Path, fallback: int) -> int:
     return int(path.stem) if path.stem.isdigit() else fallback
 
 
+def _detector(args):
+    from .detectors import load_detector
+
+    try:
+        return load_detector(args.detector, device=args.device)
+    except (ImportError, ValueError) as e:
+        raise SystemExit(f"vitpose-fast: {e}") from e
+
+
 def cmd_predict(args) -> int:
     from .evaluation import results_to_coco
+    from .video import cmd_predict_video, is_video_source
     from .visualize import save_poses
 
+    if len(args.images) == 1 and is_video_source(args.images[0]):
+        return cmd_predict_video(args)
     paths = _collect_images(args.images)
     ids = [_image_id(p, i) for i, p in enumerate(paths)]
+    if args.boxes and args.detector:
+        raise SystemExit("vitpose-fast: pass either --boxes or --detector, not both")
     if args.boxes:
         dets, skipped = _load_dets(args.boxes, args.box_thr)
         if skipped:
             print(f"skipped {skipped} detections with zero width or height", file=sys.stderr)
         boxes = [dets.get(i, np.zeros((0, 5))) for i in ids]
+    elif args.detector:
+        from .detectors import detect_files
+
+        boxes = detect_files(_detector(args), paths, args.det_thr, args.det_classes, args.quiet)
     else:
         boxes = [None] * len(paths)
     model = _load_model(args.weights, args.model, args.device, args.precision)
@@ -215,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitpose-fast", description="ViTPose top-down inference and evaluation")
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--weights", required=True, help="checkpoint file or Hugging Face folder")
+    common.add_argument("--weights", required=True, help="checkpoint file, Hugging Face folder or Hub id (org/name)")
     common.add_argument("--model", choices=PRESET_NAMES, help="build this preset and load the weights into it")
     common.add_argument("--device", default=_default_device(), help="torch device (default: cuda if available)")
     common.add_argument("--batch-size", type=int, default=64, help="crops per forward (flipped copies included)")
@@ -226,13 +250,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fp32 (default), bf16, or fp8: bf16 with the backbone GEMMs in FP8 (sm_89+ GPUs, CPU)")
     common.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("predict", parents=[common], help="keypoints for images (COCO results json)")
-    p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--boxes", help="COCO detection results json (image_id = int(file stem))")
+    p = sub.add_parser("predict", parents=[common], help="keypoints for images (COCO results json) or a video")
+    p.add_argument("images", nargs="+", help="image files or folders; or one video file, stream URL or webcam index")
+    p.add_argument("--boxes", help="COCO detection results json (image_id = int(file stem)); for a video, "
+                   "per-frame boxes json (see vitpose_fast.video.load_frame_boxes)")
     p.add_argument("--box-thr", type=float, default=0.0, help="minimum detection score")
-    p.add_argument("--out", required=True, help="output json")
-    p.add_argument("--vis", help="folder for skeleton PNGs")
+    p.add_argument("--out", required=True, help="output json (for a video: JSON lines, one per frame)")
+    p.add_argument("--vis", help="folder for skeleton PNGs (for a video: the annotated video file, .mp4/.avi)")
+    p.add_argument("--frames-per-batch", type=int, default=8, help="video frames per predict call")
+    p.add_argument("--max-frames", type=int, default=None, help="stop a video or stream after this many frames")
     p.add_argument("--kpt-thr", type=float, default=0.3, help="minimum keypoint score drawn")
+    p.add_argument("--detector", help="person detector: module:callable (image -> (boxes_xyxy, scores[, labels])) "
+                   "or yolo:PATH.pt (Ultralytics, installed separately)")
+    p.add_argument("--det-thr", type=float, default=0.3, help="minimum detector score (official demo: 0.3)")
+    p.add_argument("--det-classes", type=lambda v: [int(c) for c in v.split(",")], default=None,
+                   help="detector labels kept, comma-separated (default: all; yolo: keeps persons)")
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("eval", parents=[common], help="COCO keypoint AP on an annotated image set")
@@ -242,7 +274,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--det-thr", type=float, default=0.0, help="minimum detection score (official: 0.0)")
     e.add_argument("--out", help="also write the final (rescored, NMS'd) results json")
     e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="export the model to ONNX (plain-PyTorch path, dynamic batch)")
+    x.add_argument("--onnx", required=True, help="output .onnx file")
+    x.add_argument("--weights", required=True, help="checkpoint file, Hugging Face folder or Hub id")
+    x.add_argument("--model", choices=PRESET_NAMES, help="build this preset and load the weights into it")
+    x.add_argument("--res", help="input HxW (e.g. 384x288; the position embedding is resized)")
+    x.add_argument("--dataset-index", type=int, default=None, help="ViTPose+: the dataset fixed in the graph")
+    x.add_argument("--batch", type=int, default=None, help="fixed batch size (default: dynamic)")
+    x.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
+    x.add_argument("--check", action="store_true", help="compare with PyTorch in ONNX Runtime (batch 1 and 3)")
+    x.set_defaults(func=_cmd_export, batch_size=1)
     return parser
+
+
+def _cmd_export(args) -> int:
+    from .onnx_export import cmd_export
+
+    return cmd_export(args)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -289,13 +289,31 @@ class Model(nn.Module):
         self._check_not_fp8("save_pretrained_hf")
         save_hf(self, folder)
 
+    def export_onnx(self, path: Union[str, os.PathLike], batch: Optional[int] = None, opset: int = 18,
+                    dataset_index: Optional[int] = None) -> str:
+        """Write the plain-PyTorch path as ONNX (pixel_values [B, 3, H, W] -> heatmaps; dynamic batch unless
+        ``batch`` is given; ViTPose+ with ``dataset_index`` fixed). See :mod:`vitpose_fast.onnx_export`."""
+        from .onnx_export import export_onnx
+
+        return export_onnx(self, path, batch=batch, opset=opset, dataset_index=dataset_index)
+
     def predict(self, images, boxes=None, box_format: str = "xyxy", flip_test: bool = True,
-                decode: str = "udp", batch_size: int = 64, **kwargs):
+                decode: str = "udp", batch_size: int = 64, detector=None, det_thr: float = 0.3,
+                det_classes=None, **kwargs):
         """Top-down inference: images + person boxes -> keypoints in image coordinates.
         See :func:`vitpose_fast.pipeline.predict`. A model not yet optimized is first set up with
-        ``optimize(batch_size, dtype=None)`` (its dtype kept: folded head, CUDA graphs on CUDA)."""
+        ``optimize(batch_size, dtype=None)`` (its dtype kept: folded head, CUDA graphs on CUDA).
+
+        ``detector``: instead of ``boxes``, a callable image (HxWx3 uint8 RGB) -> (boxes_xyxy [N, 4], scores [N]
+        [, labels [N]]) run first; detections with score < ``det_thr`` (the official demo's 0.3) or a label not
+        in ``det_classes`` (None: all) are dropped. See :mod:`vitpose_fast.detectors`."""
         from .pipeline import predict
 
+        if detector is not None:
+            from .detectors import detect
+
+            images, boxes = detect(images, boxes, detector, det_thr, det_classes)
+            box_format = "xyxy"
         if self._optimized is None:
             was_training = self.training
             self.optimize(batch_size, dtype=None).train(was_training)

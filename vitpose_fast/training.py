@@ -307,15 +307,14 @@ def load_checkpoint(path: os.PathLike, map_location: Any = "cpu") -> Dict[str, A
 
 def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler, *, epoch: int,
                    step: int, batch_in_epoch: int, rng_states: Sequence[Dict[str, Any]],
-                   extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                   extra: Optional[Dict[str, Any]] = None, weights: bool = True) -> Dict[str, Any]:
     """Everything a resumed run needs to continue bit-identically: model, optimizer, scheduler, grad scaler,
-    position (``epoch``, global ``step``, batches done in ``epoch``) and one RNG state per rank."""
+    position (``epoch``, global ``step``, batches done in ``epoch``) and one RNG state per rank. ``weights=False``
+    leaves out the model and optimizer states (a sharded checkpoint stores those through DCP)."""
     state = {
         "format": "vitpose_fast-train",
         "version": 1,
-        "model": model.state_dict(),
         "config": model.config.to_dict(),
-        "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": epoch,
@@ -323,5 +322,7 @@ def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler
         "batch_in_epoch": batch_in_epoch,
         "rng": list(rng_states),
     }
+    if weights:
+        state["model"], state["optimizer"] = model.state_dict(), optimizer.state_dict()
     state.update(extra or {})
     return state

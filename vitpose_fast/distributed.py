@@ -1,0 +1,412 @@
+"""Training past one device's memory: FSDP2 wrapping, sharded training checkpoints, consolidated weights and a
+per-rank memory estimate.
+
+- :func:`shard_model`: ``torch.distributed.fsdp.fully_shard`` on every backbone block, then on the root (patch
+  embedding, position embedding, last norm and heads form the root unit); with ``param_dtype=bf16`` a
+  ``MixedPrecisionPolicy`` gathers bf16 parameters for compute and reduces gradients in fp32. Parameters stay
+  per-parameter DTensors under their official names, so the layer-decay groups of
+  :func:`vitpose_fast.training.param_groups` and frozen parameters (``requires_grad=False``, no gradient
+  reduced) work unchanged. The same code runs on CPU (gloo) and CUDA (NCCL).
+- :func:`save_sharded` / :func:`load_sharded`: ``torch.distributed.checkpoint`` (DCP) directories. Each rank
+  writes its shards into ``sharded/step_NNNNNNNN.tmp``; once every rank has written, rank 0 adds
+  ``train_state.pt`` (schedule, position, RNGs, run metadata incl. the world size and global batch), renames the
+  folder to ``sharded/step_NNNNNNNN`` and atomically repoints the ``last.dcp`` symlink at it. A crash at any
+  point leaves ``last.dcp`` at a complete checkpoint. DCP reshards on load: a checkpoint resumes on any number of
+  processes, with or without FSDP.
+- :func:`consolidate`: one process, no process group: a sharded checkpoint -> a ``Model.save`` file
+  (``Model.from_pretrained`` loads it). ``python -m vitpose_fast.distributed consolidate DIR OUT.pth``.
+- :func:`estimate_memory`: per-rank bytes of parameters, gradients, optimizer states and activations for DDP and
+  FSDP on N ranks, from a meta-device model (nothing is allocated) and the saved tensors of one meta forward.
+  ``python -m vitpose_fast.distributed memory --model vitpose_h --res 576 432 --batch 64 --ranks 1 8 64``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+__all__ = [
+    "ensure_process_group",
+    "shard_model",
+    "is_sharded",
+    "full_state_dict",
+    "local_copy",
+    "is_sharded_checkpoint",
+    "save_sharded",
+    "load_sharded",
+    "read_train_state",
+    "consolidate",
+    "MemoryEstimate",
+    "estimate_memory",
+    "memory_table",
+]
+
+TRAIN_STATE = "train_state.pt"
+SHARDED_FORMAT = "vitpose_fast-train-sharded"
+
+
+# ------------------------------------------------------------------------------------------------ wrapping
+def ensure_process_group(device: torch.device) -> bool:
+    """A process group for FSDP even in a single process (fully_shard needs a device mesh). Returns whether
+    one was created here (the caller destroys it)."""
+    if dist.is_initialized():
+        return False
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if "MASTER_ADDR" in os.environ:  # torchrun with one process
+        dist.init_process_group(backend)
+    else:  # a plain `python train.py` or an in-process call
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    return True
+
+
+def shard_model(model: nn.Module, device: torch.device, param_dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """FSDP2 in place: one unit per backbone block (gathered just before the block runs, freed after it; again
+    in backward, also under activation checkpointing), then the root. ``param_dtype`` (bf16): the blocks'
+    parameters are gathered in that dtype and their gradients reduced in fp32; the root (embeddings, last norm,
+    heads: BatchNorm needs fp32 parameters next to its fp32 statistics) stays fp32 under the caller's autocast,
+    as without FSDP. The sharded master weights are fp32. As DDP does, rank 0's weights and buffers are
+    broadcast first (ranks may have initialised differently) and its buffers (BatchNorm running statistics)
+    again before every training forward, so all ranks hold, save and evaluate the same ones."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if dist.get_world_size() > 1:
+        with torch.no_grad():
+            for t in [*model.parameters(), *model.buffers()]:
+                dist.broadcast(t.data, 0)
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
+    inner = model.module if hasattr(model, "module") else model
+    for block in inner.backbone.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh)
+    buffers = list(model.buffers())
+    if dist.get_world_size() > 1 and buffers:
+        def broadcast_buffers(module: nn.Module, args: Any) -> None:
+            if module.training:
+                for b in buffers:
+                    dist.broadcast(b, 0)
+
+        model.register_forward_pre_hook(broadcast_buffers)
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def full_state_dict(model: nn.Module, all_ranks: bool = False) -> Dict[str, torch.Tensor]:
+    """The full (unsharded) weights under their official names: on rank 0 only, on the CPU (a collective: every
+    rank calls it), or on every rank's device with ``all_ranks``."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not all_ranks))
+
+
+def local_copy(model: nn.Module, backend: str = "auto") -> nn.Module:
+    """A plain :class:`~vitpose_fast.model.Model` with the full weights of a sharded one, on every rank, in
+    eval mode: evaluation then runs each rank's share of the images independently (a sharded forward would need
+    every rank in every call, and ranks score different numbers of boxes)."""
+    from .model import Model
+
+    full = full_state_dict(model, all_ranks=True)
+    device = next(iter(full.values())).device
+    with torch.device("meta"):
+        copy = Model(model.config, backend=backend)
+    copy.load_state_dict(full, assign=True)
+    return copy.to(device).eval()
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def is_sharded_checkpoint(path: os.PathLike) -> bool:
+    """A directory written by :func:`save_sharded` (``last.dcp`` or one of its ``sharded/step_*`` folders)."""
+    path = Path(path)
+    return path.is_dir() and (path / ".metadata").exists()
+
+
+def _app_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    return {"model": model_sd, "optim": optim_sd}
+
+
+def save_sharded(link: os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 train_state: Dict[str, Any]) -> Path:
+    """Write a sharded training checkpoint (every rank calls this) and point ``link`` (e.g. ``out/last.dcp``) at
+    it once it is complete; returns the checkpoint folder. ``train_state`` (rank 0's is kept): everything but
+    the weights and optimizer states, as :func:`vitpose_fast.training.training_state` with ``weights=False``.
+    Older checkpoints under ``out/sharded`` are removed after the switch."""
+    import torch.distributed.checkpoint as dcp
+
+    link = Path(link)
+    root = link.parent / "sharded"
+    name = f"step_{int(train_state['step']):08d}"
+    final = root / name
+    if final.exists():  # the same step written again (a resumed run stopped at once): a fresh name
+        name += f".{len(list(root.glob(name + '*')))}"
+        final = root / name
+    tmp = root / (name + ".tmp")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a torn write of an earlier, crashed run
+    _barrier()
+    dcp.save(_app_state(model, optimizer), checkpoint_id=str(tmp))
+    if rank == 0:
+        # dcp.save returns on rank 0 after every rank's shards and the .metadata are written.
+        torch.save({**train_state, "format": SHARDED_FORMAT}, tmp / TRAIN_STATE)
+        _commit(tmp, final)
+        _repoint(link, final)
+        for old in root.iterdir():
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    """The complete folder takes its final name (tests inject a crash here)."""
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def _repoint(link: Path, target: Path) -> None:
+    """Atomically make ``link`` a relative symlink to ``target`` (a new symlink renamed over the old one)."""
+    tmp_link = link.with_name(link.name + ".new")
+    if tmp_link.is_symlink() or tmp_link.exists():
+        tmp_link.unlink()
+    os.symlink(os.path.relpath(target, link.parent), tmp_link)
+    if link.exists() and not link.is_symlink():
+        raise FileExistsError(f"{str(link)!r} exists and is not a checkpoint symlink; move it away")
+    os.replace(tmp_link, link)
+    _fsync_dir(link.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def read_train_state(path: os.PathLike) -> Dict[str, Any]:
+    """The non-tensor part of a sharded checkpoint (position, schedule, RNGs, config, run metadata)."""
+    path = Path(path)
+    if not is_sharded_checkpoint(path):
+        raise FileNotFoundError(f"{str(path)!r} is not a sharded training checkpoint (expected a directory with "
+                                f"DCP's .metadata and {TRAIN_STATE}, e.g. OUT/last.dcp)")
+    state_file = path / TRAIN_STATE
+    if not state_file.exists():
+        raise FileNotFoundError(f"sharded checkpoint {str(path)!r} has no {TRAIN_STATE}")
+    state = torch.load(state_file, map_location="cpu", weights_only=True)
+    if state.get("format") != SHARDED_FORMAT:
+        raise ValueError(f"{str(state_file)!r} is not a {SHARDED_FORMAT} state (format {state.get('format')!r})")
+    return state
+
+
+def load_sharded(path: os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+    """Load weights and optimizer states of a :func:`save_sharded` checkpoint into ``model`` (FSDP, DDP or plain,
+    any number of processes: DCP reshards) and ``optimizer``; returns the train state (:func:`read_train_state`)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    state = read_train_state(path)
+    app = _app_state(model, optimizer)
+    dcp.load(app, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=app["model"], optim_state_dict=app["optim"])
+    return state
+
+
+def consolidate(path: os.PathLike, out: os.PathLike) -> Path:
+    """A sharded training checkpoint -> the project's own weights file (:meth:`Model.save` format), on one process
+    without a process group. Returns ``out``."""
+    import torch.distributed.checkpoint as dcp
+
+    from .config import ModelConfig
+    from .model import Model
+
+    state = read_train_state(path)
+    model = Model(ModelConfig.from_dict(state["config"]))
+    sd = {"model": model.state_dict()}
+    with warnings.catch_warnings():  # one process without a group is the point here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(sd, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    model.load_state_dict(sd["model"])
+    model.save(out)
+    return Path(out)
+
+
+# ------------------------------------------------------------------------------------------------ memory
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per rank. ``params``: fp32 master weights (DDP: all, plus autocast's bf16 copies with bf16; FSDP:
+    1/N of them plus the gathered root in fp32 and two gathered blocks in the compute dtype, the one running and
+    the one prefetched); ``grads``: fp32 gradients of trainable parameters (FSDP: 1/N plus one gathered block's);
+    ``optimizer``: AdamW's two fp32 moments (FSDP: 1/N); ``activations``: what autograd saves for backward at
+    the per-rank batch (the same for DDP and FSDP)."""
+
+    mode: str
+    ranks: int
+    params: int
+    grads: int
+    optimizer: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.params + self.grads + self.optimizer + self.activations
+
+
+class _FlashLike(torch.autograd.Function):
+    """Shapes only (meta): the tensors a flash-attention forward keeps for its backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = q.new_empty(*q.shape[:-1], v.shape[-1])
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # pragma: no cover - the estimate runs forward only
+        raise NotImplementedError
+
+
+def _flash_like_attention(q, k, v, attn_mask=None, *args, **kwargs):
+    return _FlashLike.apply(q, k, v)
+
+
+def _saved_activation_bytes(config, batch: int, dtype: torch.dtype) -> Dict[str, int]:
+    """Bytes autograd keeps for backward after one training forward on the meta device: ``total``, ``blocks``
+    (list, per block), ``block_input`` (one block's input, what checkpointing keeps per block). Saved tensors are
+    counted once per storage (views and tensors saved by several ops share one); saved weights are not
+    activations and are left out. Attention saves what flash attention saves (q, k, v, the output and an fp32
+    log-sum-exp per query), not the probabilities of SDPA's math path (the meta device's choice)."""
+    from .model import Model
+
+    with torch.device("meta"):
+        model = Model(config, backend="torch").to(dtype).train()
+    seen: Dict[int, int] = {p.untyped_storage()._cdata: 0 for p in model.parameters()}
+    current: List[Optional[int]] = [None]
+    per_block = [0] * len(model.backbone.blocks)
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        key = s._cdata
+        if key not in seen:
+            seen[key] = s.nbytes()
+            if current[0] is not None:
+                per_block[current[0]] += s.nbytes()
+        return t
+
+    hooks = []
+    for i, blk in enumerate(model.backbone.blocks):
+        hooks.append(blk.register_forward_pre_hook(lambda m, a, i=i: current.__setitem__(0, i)))
+        hooks.append(blk.register_forward_hook(lambda m, a, o: current.__setitem__(0, None)))
+    h, w = config.backbone.img_size
+    x = torch.empty(batch, 3, h, w, device="meta", dtype=dtype)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    torch.nn.functional.scaled_dot_product_attention = _flash_like_attention
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(x)
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = sdpa
+    for hk in hooks:
+        hk.remove()
+    hp, wp = config.backbone.grid
+    tokens = hp * wp + config.backbone.num_knowledge_tokens
+    block_input = batch * tokens * config.backbone.embed_dim * torch.finfo(dtype).bits // 8
+    return {"total": sum(seen.values()), "blocks": per_block, "block_input": block_input}
+
+
+def estimate_memory(config, batch: int, ranks: Sequence[int], amp: str = "bf16", checkpointing: bool = False,
+                    freeze: Optional[str] = None) -> List[MemoryEstimate]:
+    """Per-rank memory of DDP (any number of ranks) and FSDP on each of ``ranks`` for ``config`` at ``batch``
+    images per rank, AdamW, ``amp`` "bf16" (FSDP: bf16 parameters, fp32 reductions; DDP: autocast) or "none"."""
+    from .model import Model
+
+    with torch.device("meta"):
+        model = Model(config, backend="torch")
+    if freeze:
+        model.freeze(freeze)
+    n_all = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    blocks = model.backbone.blocks
+    block_all = max(sum(p.numel() for p in b.parameters()) for b in blocks)
+    block_train = max(sum(p.numel() for p in b.parameters() if p.requires_grad) for b in blocks)
+    root = n_all - sum(p.numel() for b in blocks for p in b.parameters())
+    compute = torch.bfloat16 if amp == "bf16" else torch.float32
+    cbytes = torch.finfo(compute).bits // 8
+    acts = _saved_activation_bytes(config, batch, compute)
+    if checkpointing:  # block inputs kept, one block's activations alive at a time (its recomputation)
+        rest = acts["total"] - sum(acts["blocks"])
+        act = rest + len(blocks) * acts["block_input"] + max(acts["blocks"])
+    else:
+        act = acts["total"]
+    out = [MemoryEstimate("DDP", 1, params=4 * n_all + (cbytes * n_all if amp == "bf16" else 0), grads=4 * n_train,
+                          optimizer=8 * n_train, activations=act)]
+    for n in ranks:
+        gathered = 4 * root + cbytes * 2 * block_all
+        out.append(MemoryEstimate("FSDP", n, params=-(-4 * n_all // n) + gathered,
+                                  grads=-(-4 * n_train // n) + cbytes * block_train, optimizer=-(-8 * n_train // n),
+                                  activations=act))
+    return out
+
+
+def memory_table(estimates: Sequence[MemoryEstimate]) -> str:
+    """A Markdown table (GiB per rank) of :func:`estimate_memory`'s result."""
+    gib = 2.0 ** 30
+    lines = ["| mode | ranks | params | grads | optimizer | activations | total |", "|---|---|---|---|---|---|---|"]
+    for e in estimates:
+        ranks = "any" if e.mode == "DDP" else str(e.ranks)
+        lines.append(f"| {e.mode} | {ranks} | {e.params / gib:.2f} | {e.grads / gib:.2f} | {e.optimizer / gib:.2f} | "
+                     f"{e.activations / gib:.2f} | {e.total / gib:.2f} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def main(argv: Optional[List[str]] = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m vitpose_fast.distributed", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("consolidate", help="sharded training checkpoint -> Model.save weights file")
+    c.add_argument("checkpoint", type=Path, help="a sharded checkpoint folder (e.g. runs/x/last.dcp)")
+    c.add_argument("out", type=Path, help="output .pth (Model.from_pretrained loads it)")
+    m = sub.add_parser("memory", help="per-rank memory estimate for DDP and FSDP")
+    m.add_argument("--model", required=True, help="model preset (vitpose_s|b|l|h|g)")
+    m.add_argument("--res", type=int, nargs=2, default=(256, 192), metavar=("H", "W"))
+    m.add_argument("--batch", type=int, default=64, help="images per rank")
+    m.add_argument("--ranks", type=int, nargs="+", default=[1, 8, 64])
+    m.add_argument("--amp", choices=("bf16", "none"), default="bf16")
+    m.add_argument("--checkpointing", action="store_true")
+    args = p.parse_args(argv)
+    if args.cmd == "consolidate":
+        print(consolidate(args.checkpoint, args.out))
+    else:
+        from .config import preset
+
+        cfg = preset(args.model, res=tuple(args.res))
+        print(memory_table(estimate_memory(cfg, args.batch, args.ranks, args.amp, args.checkpointing)))
+
+
+if __name__ == "__main__":
+    main()
