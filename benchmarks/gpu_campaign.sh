@@ -4,7 +4,7 @@
 #
 #   1. setup             install the project (offline, editable) unless it is importable already
 #   2. pytest_gpu        `pytest -m gpu`: every kernel's numerics on the GPU (outputs pre-filled with NaN)
-#   3. main_h_576x432    run.py, ViTPose-H 576x432, batch 1 and 32: sdpa-bf16, vitpose_fast, hf, hf-bf16
+#   3. main_h_576x432    run.py, ViTPose-H 576x432, batch 1 and 32: sdpa-bf16, vitpose_fast, vitpose_fast-fp8, hf, hf-bf16
 #   4. train_b_256x192   run.py --train, ViTPose-B 256x192, batch 32 and 64: sdpa-bf16, vitpose_fast
 #   5. bench_*           the kernel micro-benchmarks (each row saved as it finishes; achieved vs roofline)
 #   6. compile_h_576x432 run.py compile and vitpose_fast+compile rows (default mode) at batch 32, only with time left
@@ -130,7 +130,7 @@ step setup 25 bash -c "$PY -c 'import vitpose_fast.kernels' 2>/dev/null && echo 
     { ln -sfn ../kernels vitpose_fast/kernels && $PY -c 'import vitpose_fast.kernels' && echo 'linked kernels/'; }"
 step pytest_gpu 75 $PY -m pytest -m gpu -q -rfE --no-header $PYTEST_GPU \
     --junitxml="$WORK/pytest_gpu.xml"
-step main_h_576x432 105 $RUN $H --out "$WORK/run/main_h_576x432" --backends sdpa-bf16,vitpose_fast,hf,hf-bf16
+step main_h_576x432 105 $RUN $H --out "$WORK/run/main_h_576x432" --backends sdpa-bf16,vitpose_fast,vitpose_fast-fp8,hf,hf-bf16
 step train_b_256x192 45 $RUN $B_TRAIN --out "$WORK/run/train_b_256x192" --train --only-extra --backends sdpa-bf16,vitpose_fast
 step bench_attention 45 $PY benchmarks/bench_attention.py $ATTENTION --out "$WORK/bench_attention.json"
 step bench_simple_decoder 20 $PY benchmarks/bench_simple_decoder.py $SIMPLE --out "$WORK/bench_simple_decoder.json"

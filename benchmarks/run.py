@@ -18,7 +18,10 @@ Backends (a backend that cannot run here is skipped with a one-line reason):
   for inference (weights cast, folded classic head, CUDA graphs on CUDA: the call users make); training runs the
   same fused kernels (fp32 weights under autocast, their backward);
 - ``vitpose_fast+compile``: the same optimized model (without CUDA graphs) under ``torch.compile`` (``--compile-mode``;
-  our ops are opaque custom ops, so Inductor fuses around them).
+  our ops are opaque custom ops, so Inductor fuses around them);
+- ``vitpose_fast-fp8``: the same in bf16 with the backbone's GEMMs in FP8, set up by
+  ``Model.optimize(batch, bfloat16, precision="fp8")`` (inference only; sm_89+ GPUs and CPU). Its MFU is against
+  the measured bf16 matmul rate (FP8 tensor cores peak at about twice that), as the row's note says.
 
 Every backend gets the same random weights (one model built with ``--seed``, its state dict copied) and the same
 inputs. On CPU the defaults shrink to what fits ``--budget-s`` (batch 1 (and 2), one or two iterations, the
@@ -63,10 +66,12 @@ from benchmarks.common import (  # noqa: E402
 from vitpose_fast import Model, ops  # noqa: E402
 from vitpose_fast.config import GLOBAL, TABLE5_ROWS, ModelConfig, attention_preset, preset, with_overrides  # noqa: E402
 from vitpose_fast.decode import decode_heatmaps  # noqa: E402
+from vitpose_fast.fp8 import fp8_unavailable_reason  # noqa: E402
 
 BACKENDS = ("reference", "hf", "hf-bf16", "sdpa-bf16", "compile", "xformers", "flash-attn", "vitpose_fast",
-            "vitpose_fast+compile")
+            "vitpose_fast+compile", "vitpose_fast-fp8")
 COMPILED = ("compile", "vitpose_fast+compile")
+FP8_BACKEND = "vitpose_fast-fp8"
 ATTENTION_BACKENDS = ("sdpa-bf16", "vitpose_fast")
 GPU_BATCHES = (1, 8, 32, 64)
 CPU_COMPILE_S = 45.0  # rough cost of one CPU torch.compile (one per batch size), for the CPU plan
@@ -77,6 +82,8 @@ DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.floa
 TARGET_MFU = 0.75
 TARGETS_INFER = {"sdpa-bf16": 1.15, "compile": 1.05}
 TARGETS_TRAIN = {"sdpa-bf16": 1.2}
+TARGETS_FP8 = {"sdpa-bf16": 1.7}  # ViTPose-H 576x432, batch 32, H200
+FP8_NOTE = "MFU vs the bf16 matmul rate"
 TARGET_E2E = 0.9  # end to end within 10 % of model-only
 
 COLUMNS = ["mode", "attention", "backend", "dtype", "batch", "images_s", "ms_image", "p50_ms", "p90_ms",
@@ -354,6 +361,15 @@ def build(name: str, shared: Shared, train: bool, config: Optional[ModelConfig] 
             return Candidate(name, model, _bind(model), low, autocast=autocast)
         compiled = torch.compile(model, mode=plan.compile_mode, dynamic=False)
         return Candidate(name, model, compiled, low, autocast=autocast)
+    if name == FP8_BACKEND:
+        if train:
+            raise Skip("FP8 is inference-only (the quantized GEMMs have no backward)")
+        reason = fp8_unavailable_reason(plan.device)
+        if reason:
+            raise Skip(reason)
+        model = _our_model(shared, "auto", torch.bfloat16, config).optimize(
+            max(plan.batches), torch.bfloat16, cuda_graphs=True, precision="fp8")
+        return Candidate(name, model, _bind(model), torch.bfloat16)
     raise ValueError(f"unknown backend {name!r}")
 
 
@@ -484,6 +500,8 @@ def run_mode(mode: str, shared: Shared, backends: Sequence[str], attention: str,
         for r in brows:
             r.update(mode=mode, attention=attention, backend=name, dtype=str(cand.dtype).replace("torch.", ""),
                      hm_diff=hm, kp_diff=kp)
+            if name == FP8_BACKEND:
+                r.update(dtype="fp8+bf16", note=r.get("note") or FP8_NOTE)
             if r.get("note", "").startswith("error: NotImplementedError"):
                 skipped[key] = r["note"]
         rows += [r for r in brows if key not in skipped]
@@ -501,14 +519,14 @@ def add_ratios(rows: List[dict]) -> None:
     the issue's target next to the vitpose_fast rows (global attention: the targets name no Table 5 preset)."""
     speed = {(r["mode"], r["attention"], r["backend"], r["batch"]): r.get("images_s") for r in rows}
     for r in rows:
-        targets = TARGETS_TRAIN if r["mode"] == "train" else TARGETS_INFER
+        targets = TARGETS_TRAIN if r["mode"] == "train" else TARGETS_FP8 if r["backend"] == FP8_BACKEND else TARGETS_INFER
         for other, col in (("sdpa-bf16", "vs_sdpa"), ("compile", "vs_compile"), ("hf", "vs_hf")):
             base = speed.get((r["mode"], r["attention"], other, r["batch"]))
             if not base or not r.get("images_s") or r["backend"] == other:
                 continue
             ratio = r["images_s"] / base
             cell = f"{ratio:.2f}x"
-            if r["backend"] == "vitpose_fast" and other in targets and r["attention"] == "global":
+            if r["backend"] in ("vitpose_fast", FP8_BACKEND) and other in targets and r["attention"] == "global":
                 cell += f" [>={targets[other]} {'ok' if ratio >= targets[other] else 'MISS'}]"
             r[col] = cell
         if r["backend"] == "vitpose_fast" and r.get("mfu") is not None and r["attention"] == "global":
@@ -678,8 +696,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     elapsed = time.perf_counter() - started
     notes = list(plan.notes) + [
         "targets (vitpose_fast, GPU, bf16, largest batch): MFU >= 65%, >= 1.4x sdpa-bf16, >= 1.1x compile, "
-        ">= 6x hf fp32, e2e within 10% of model-only; training step (B 256x192) >= 1.3x sdpa-bf16.",
-        "MFU = model FLOPs (benchmarks/README.md) x images/s / the matmul rate measured in this run.",
+        ">= 6x hf fp32, e2e within 10% of model-only; training step (B 256x192) >= 1.3x sdpa-bf16; "
+        "vitpose_fast-fp8 >= 1.7x sdpa-bf16 (H 576x432, batch 32).",
+        "MFU = model FLOPs (benchmarks/README.md) x images/s / the matmul rate measured in this run; the "
+        "vitpose_fast-fp8 row too is measured against that (bf16 or fp32) rate, not an FP8 one.",
         "keypoint diff: max distance in input pixels after UDP decoding; with random weights the heatmaps are "
         "near-flat, so a tiny heatmap difference can move an argmax far.",
         f"total wall time {elapsed:.0f} s",

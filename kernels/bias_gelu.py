@@ -24,6 +24,10 @@ import torch
 import triton
 import triton.language as tl
 
+from . import fp8_quant
+from .fp8_quant import quantize_tile
+from ..reference.fp8 import E4M3_MAX, EPS, FP8
+
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -191,6 +195,65 @@ def bias_gelu(a: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"bias_gelu kernel needs a CUDA (or TRITON_INTERPRET=1) tensor in {_DTYPES}; got "
                          f"{tuple(a.shape)} {a.dtype} on {a.device}")
     return _fwd_op(a, bias)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# FP8 output (inference): the GELU output goes only to fc2 (and the ViTPose+ experts), so the kernel writes it
+# as float8_e4m3fn codes with one scale per row. Whole rows per program (the row amax), tile settings of
+# ``fp8_quant``; y is rounded to a's dtype first, so the codes are quantize_rows_ref(bias_gelu_ref(a, bias)).
+@triton.jit
+def _fwd_fp8_kernel(
+    A, BIAS,
+    Q, QS,  # [n_rows, n_cols] float8_e4m3fn codes, [n_rows] fp32 scales
+    n_rows, n_cols, stride_a,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FP8_MAX: tl.constexpr, AMAX_EPS: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    rmask = rows < n_rows
+    cmask = cols < n_cols
+    mask = rmask[:, None] & cmask[None, :]
+    z = tl.load(A + rows[:, None] * stride_a + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    z += tl.load(BIAS + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    y = (0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))).to(A.dtype.element_ty).to(tl.float32)
+    q, scale = quantize_tile(tl.where(mask, y, 0.0), FP8_MAX, AMAX_EPS)
+    tl.store(Q + rows[:, None] * n_cols + cols[None, :], q, mask=mask)
+    tl.store(QS + rows, scale, mask=rmask)
+
+
+def _forward_fp8(a: torch.Tensor, bias: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    a2 = _2d(a)
+    n_rows, n_cols = a2.shape
+    q = torch.empty((n_rows, n_cols), device=a.device, dtype=FP8)
+    qs = torch.empty((n_rows, 1), device=a.device, dtype=torch.float32)
+    if a2.numel():
+        block_m, block_n, num_warps = fp8_quant.tile_settings(n_cols)
+        _fwd_fp8_kernel[(triton.cdiv(n_rows, block_m),)](a2, bias.contiguous(), q, qs, n_rows, n_cols,
+                                                         a2.stride(0), BLOCK_M=block_m, BLOCK_N=block_n,
+                                                         FP8_MAX=E4M3_MAX, AMAX_EPS=EPS, num_warps=num_warps)
+    return q.view(a.shape), qs.view(*a.shape[:-1], 1)
+
+
+@torch.library.custom_op("vitpose_fast::bias_gelu_fp8", mutates_args=())
+def _fwd_fp8_op(a: torch.Tensor, bias: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _forward_fp8(a, bias)
+
+
+@_fwd_fp8_op.register_fake
+def _fwd_fp8_fake(a, bias):
+    return a.new_empty(a.shape, dtype=FP8), a.new_empty((*a.shape[:-1], 1), dtype=torch.float32)
+
+
+def bias_gelu_fp8(a: torch.Tensor, bias: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """gelu(a + bias) written as float8_e4m3fn codes [..., H] with per-row fp32 scales [..., 1] (amax / 448).
+    Inference only; same signature and results as :func:`vitpose_fast.reference.fp8.bias_gelu_fp8_ref`."""
+    if tuple(bias.shape) != (a.shape[-1],):
+        raise ValueError(f"bias_gelu_fp8: bias must have shape ({a.shape[-1]},) for a {tuple(a.shape)}, "
+                         f"got {tuple(bias.shape)}")
+    if not supports(a) or a.shape[-1] > fp8_quant.MAX_K:
+        raise ValueError(f"bias_gelu_fp8 kernel needs a CUDA (or TRITON_INTERPRET=1) tensor in {_DTYPES} with at "
+                         f"most {fp8_quant.MAX_K} columns; got {tuple(a.shape)} {a.dtype} on {a.device}")
+    return _fwd_fp8_op(a.detach(), bias.detach())
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -34,6 +34,10 @@ import torch
 import triton
 import triton.language as tl
 
+from . import fp8_quant
+from .fp8_quant import quantize_tile
+from ..reference.fp8 import E4M3_MAX, EPS, FP8
+
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_COLS = 65536
 
@@ -295,6 +299,97 @@ def residual_layer_norm(
         )
     s, h, _, _ = _fwd_op(x, branch, bias, weight, ln_bias, float(eps))
     return s, h
+
+
+# --------------------------------------------------------------------------------------------------------------
+# FP8 output (inference): h goes only to the next GEMM (qkv after norm1, fc1 after norm2), so the kernel writes
+# it as float8_e4m3fn codes with one scale per row instead (``fp8_quant.quantize_tile`` on h rounded to s's
+# dtype: exactly quantize_rows_ref(h) of the unquantized path)
+@triton.jit
+def _fwd_fp8_kernel(
+    X, BR, BIAS, W, LB,
+    S,  # [n_rows, n_cols] residual stream out
+    Q, QS,  # [n_rows, n_cols] float8_e4m3fn codes of h, [n_rows] fp32 scales
+    n_rows, n_cols, br_rows, stride_x, stride_br, stride_s,
+    eps,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    FP8_MAX: tl.constexpr, AMAX_EPS: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    rmask = rows < n_rows
+    cmask = cols < n_cols
+    mask = rmask[:, None] & cmask[None, :]
+    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(BR + (rows % br_rows)[:, None] * stride_br + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        b += tl.load(BIAS + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    s = (x + b).to(S.dtype.element_ty)
+    tl.store(S + rows[:, None] * stride_s + cols[None, :], s, mask=mask)
+    s = s.to(tl.float32)
+    mean = tl.sum(s, 1) / n_cols
+    sc = tl.where(mask, s - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(sc * sc, 1) / n_cols + eps)
+    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    lb = tl.load(LB + cols, mask=cmask, other=0.0).to(tl.float32)
+    h = (sc * rstd[:, None] * w[None, :] + lb[None, :]).to(S.dtype.element_ty).to(tl.float32)
+    q, scale = quantize_tile(tl.where(mask, h, 0.0), FP8_MAX, AMAX_EPS)
+    tl.store(Q + rows[:, None] * n_cols + cols[None, :], q, mask=mask)
+    tl.store(QS + rows, scale, mask=rmask)
+
+
+def _forward_fp8(x: torch.Tensor, branch: torch.Tensor, bias: Optional[torch.Tensor], weight: torch.Tensor,
+                 ln_bias: torch.Tensor, eps: float):
+    c = x.shape[-1]
+    x2 = x.reshape(-1, c)
+    br2 = branch.reshape(-1, c)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    if br2.stride(-1) != 1:
+        br2 = br2.contiguous()
+    n_rows = x2.shape[0]
+    s = torch.empty((n_rows, c), device=x.device, dtype=torch.promote_types(x.dtype, branch.dtype))
+    q = torch.empty((n_rows, c), device=x.device, dtype=FP8)
+    qs = torch.empty((n_rows, 1), device=x.device, dtype=torch.float32)
+    if n_rows:
+        block_m, block_n, num_warps = settings(c)
+        _fwd_fp8_kernel[(triton.cdiv(n_rows, block_m),)](
+            x2, br2, bias if bias is not None else weight, weight.contiguous(), ln_bias.contiguous(), s, q, qs,
+            n_rows, c, br2.shape[0], x2.stride(0), br2.stride(0), s.stride(0), eps,
+            HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, FP8_MAX=E4M3_MAX, AMAX_EPS=EPS,
+            num_warps=num_warps,
+        )
+    return s.view(x.shape), q.view(x.shape), qs.view(*x.shape[:-1], 1)
+
+
+@torch.library.custom_op("vitpose_fast::residual_layer_norm_fp8", mutates_args=())
+def _fwd_fp8_op(x: torch.Tensor, branch: torch.Tensor, bias: Optional[torch.Tensor], weight: torch.Tensor,
+                ln_bias: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _forward_fp8(x, branch, bias, weight, ln_bias, eps)
+
+
+@_fwd_fp8_op.register_fake
+def _fwd_fp8_fake(x, branch, bias, weight, ln_bias, eps):
+    s = x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, branch.dtype))
+    return s, x.new_empty(x.shape, dtype=FP8), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
+
+
+def residual_layer_norm_fp8(
+    x: torch.Tensor,
+    branch: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    eps: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(s, codes, scales): s as :func:`residual_layer_norm`, h = layer_norm(s) written as float8_e4m3fn codes
+    [..., C] with per-row fp32 scales [..., 1] (amax / 448). Inference only (no autograd); same signature and
+    results as :func:`vitpose_fast.reference.fp8.residual_layer_norm_fp8_ref`."""
+    if not supports(x, branch) or x.shape[-1] > fp8_quant.MAX_K:
+        raise ValueError(f"residual_layer_norm_fp8 kernel needs CUDA (or TRITON_INTERPRET=1) x/branch in {_DTYPES} "
+                         f"with C <= {fp8_quant.MAX_K}; got x {tuple(x.shape)} {x.dtype} on {x.device}")
+    return _fwd_fp8_op(x.detach(), branch.detach(), None if bias is None else bias.detach(), weight.detach(),
+                       ln_bias.detach(), float(eps))
 
 
 # --------------------------------------------------------------------------------------------------------------

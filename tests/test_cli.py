@@ -230,3 +230,28 @@ def test_dataset_option_and_skeleton_for_other_heads(tmp_path, monkeypatch, caps
     assert cli.main(base + ["--dataset-index", "1", "--vis", str(tmp_path / "vis")]) == 0
     assert drawn == [AIC.skeleton]
     assert len(json.loads((tmp_path / "o.json").read_text())[0]["keypoints"]) == 14 * 3
+
+
+def test_precision_fp8_predict_and_eval(setup, capsys):
+    root, data, weights = setup
+    out = root / "preds_fp8.json"
+    common = ["--weights", str(weights), "--device", "cpu", "--quiet"]
+    cli.main(["predict", *common, str(data.image_dirs["val2017"]), "--out", str(root / "p32.json")])
+    cli.main(["predict", *common, "--precision", "fp8", str(data.image_dirs["val2017"]), "--out", str(out)])
+    fp32 = np.array([r["keypoints"] for r in json.loads((root / "p32.json").read_text())]).reshape(-1, 17, 3)
+    fp8 = np.array([r["keypoints"] for r in json.loads(out.read_text())]).reshape(-1, 17, 3)
+    assert fp8.shape == fp32.shape and np.isfinite(fp8).all()
+    # Scores are heatmap maxima: FP8 GEMMs move them by a few percent at most.
+    np.testing.assert_allclose(fp8[..., 2], fp32[..., 2], rtol=0.1, atol=1e-3)
+    assert cli.main(["eval", *common, "--precision", "fp8", "--ann", str(data.ann_files["val2017"]),
+                     "--images", str(data.image_dirs["val2017"])]) == 0
+    assert "| AP | AP .5 |" in capsys.readouterr().out
+
+
+def test_precision_fp8_on_an_old_gpu_says_so(setup, monkeypatch):
+    _, data, weights = setup
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
+    with pytest.raises(SystemExit, match=r"--precision fp8: NVIDIA A100 is sm_80.*--precision bf16"):
+        cli.main(["predict", "--weights", str(weights), "--device", "cuda", "--precision", "fp8",
+                  str(data.image_dirs["val2017"]), "--out", "unused.json"])

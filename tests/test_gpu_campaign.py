@@ -37,7 +37,7 @@ def test_dry_run_runs_every_step(tmp_path):
     runs = {r["step"]: r for r in data["runs"]}
     assert set(runs) == {"main_h_576x432", "train_b_256x192", "compile_h_576x432"}
     main = {(r["backend"], r["batch"]) for r in runs["main_h_576x432"]["rows"] if r.get("images_s")}
-    assert main == {(b, n) for b in ("sdpa-bf16", "vitpose_fast", "hf", "hf-bf16") for n in (1, 2)}
+    assert main == {(b, n) for b in ("sdpa-bf16", "vitpose_fast", "vitpose_fast-fp8", "hf", "hf-bf16") for n in (1, 2)}
     assert {r["backend"] for r in runs["train_b_256x192"]["rows"] if r["mode"] == "train"} == {"sdpa-bf16",
                                                                                                "vitpose_fast"}
     assert any(r["backend"] == "compile" and r.get("images_s") for r in runs["compile_h_576x432"]["rows"])

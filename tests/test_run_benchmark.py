@@ -91,6 +91,19 @@ def test_main_tiny_inference_table_and_files(tmp_path, capsys):
     assert all(f"| {c} |" in header for c in ("backend", "images_s", "hm_diff", "kp_diff"))
 
 
+def test_fp8_row_has_parity_columns_its_target_and_mfu_note():
+    payload = run.main(TINY + ["--backends", "reference,sdpa-bf16,vitpose_fast-fp8", "--no-save", "--train"])
+    rows = {(r["mode"], r["backend"], r["batch"]): r for r in payload["rows"]}
+    for batch in (1, 2):
+        r = rows[("infer", "vitpose_fast-fp8", batch)]
+        assert r["images_s"] > 0 and r["mfu"] > 0 and r["dtype"] == "fp8+bf16" and r["note"] == run.FP8_NOTE
+        assert "[>=1.7" in r["vs_sdpa"]
+    first = rows[("infer", "vitpose_fast-fp8", 1)]
+    assert 0 < first["hm_diff"] < 1.0 and first["kp_diff"] is not None  # vs the fp32 reference
+    assert "inference-only" in payload["skipped"]["train/global/vitpose_fast-fp8"]
+    assert any("not an FP8 one" in n for n in payload["notes"])
+
+
 def test_main_train_and_attention_presets():
     args = ["--model", "vitpose_s", "--res", "64x48", "--depth", "1", "--batch", "2", "--iters", "1", "--warmup", "0"]
     payload = run.main(args + ["--train", "--attention", "--only-extra", "--no-save", "--dtype", "fp32",

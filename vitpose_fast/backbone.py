@@ -24,7 +24,7 @@ the model, its outputs and its state dict exactly as without the feature. The to
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -33,6 +33,8 @@ import torch.utils.checkpoint
 
 from . import ops
 from .config import AttentionSpec, BackboneConfig
+from .fp8 import Fp8Input, Fp8Linear, layers_bias
+from .fp8 import linear_layers as fp8_linear_layers
 from .reference.attention import extra_query_attention
 
 DatasetIndex = Union[None, int, torch.Tensor]
@@ -95,9 +97,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, grid: Tuple[int, int], backend: str) -> torch.Tensor:
         return self.proj(self.mix(x, grid, backend))
 
-    def mix(self, x: torch.Tensor, grid: Tuple[int, int], backend: str) -> torch.Tensor:
-        """Everything before ``proj``: the attention output [B, N + T, C] (heads concatenated)."""
-        b, n, c = x.shape
+    def mix(self, x: Fp8Input, grid: Tuple[int, int], backend: str) -> torch.Tensor:
+        """Everything before ``proj``: the attention output [B, N + T, C] (heads concatenated). With an FP8 qkv,
+        x may be its already quantized input (codes [B, N + T, C], scales [B, N + T, 1])."""
+        b, n, c = (x[0] if isinstance(x, tuple) else x).shape
         n_grid = grid[0] * grid[1]
         if n < n_grid:
             raise ValueError(f"attention got {n} tokens for a {grid[0]}x{grid[1]} grid (expected >= {n_grid})")
@@ -128,7 +131,7 @@ class Mlp(nn.Module):
     def forward_split(self, x: torch.Tensor, dataset_index: DatasetIndex, backend: str) -> BranchOut:
         """(fc2 output without its bias, the bias) where the backend fuses the bias into the residual op."""
         h = _fc1_gelu(self.fc1, x, backend)
-        return _linear_split(h, self.fc2.weight, self.fc2.bias, backend)
+        return _linear_split(h, [self.fc2], backend)
 
 
 class MoEMlp(nn.Module):
@@ -158,18 +161,20 @@ class MoEMlp(nn.Module):
             # One dataset in the batch (the usual case): one GEMM over the concatenated projection, exactly the
             # cost of a dense ViT FFN.
             e = self.experts[int(dataset_index)]
+            if isinstance(e, Fp8Linear):
+                return fp8_linear_layers(h, [self.fc2, e])
             return F.linear(h, torch.cat([self.fc2.weight, e.weight]), torch.cat([self.fc2.bias, e.bias]))
         return self._mixed(h, dataset_index)
 
     def forward_split(self, x: torch.Tensor, dataset_index: DatasetIndex, backend: str) -> BranchOut:
         """As :meth:`Mlp.forward_split`; one dataset: the concatenated fc2 + expert projection without bias."""
-        h = _fc1_gelu(self.fc1, x, backend)
-        if isinstance(dataset_index, int) or (
+        single = isinstance(dataset_index, int) or (
             isinstance(dataset_index, torch.Tensor) and dataset_index.numel() == 1
-        ):
-            e = self.experts[int(dataset_index)]
-            return _linear_split(h, torch.cat([self.fc2.weight, e.weight]), torch.cat([self.fc2.bias, e.bias]),
-                                 backend)
+        )
+        # Mixed batches index h per expert, so it stays a plain tensor there.
+        h = _fc1_gelu(self.fc1, x, backend, quantize_out=single)
+        if single:
+            return _linear_split(h, [self.fc2, self.experts[int(dataset_index)]], backend)
         return self._mixed(h, dataset_index), None
 
     def _mixed(self, h: torch.Tensor, dataset_index: DatasetIndex) -> torch.Tensor:
@@ -183,15 +188,28 @@ class MoEMlp(nn.Module):
         return torch.cat([shared, part], dim=-1)
 
 
-def _fc1_gelu(fc1: nn.Linear, x: torch.Tensor, backend: str) -> torch.Tensor:
+def _fc1_gelu(fc1: nn.Module, x: Fp8Input, backend: str, quantize_out: bool = True) -> Fp8Input:
+    """gelu(fc1(x)); with FP8 layers and a fusing backend the bias+GELU pass also quantizes its output for the
+    FP8 fc2 (``quantize_out``), returning (codes, scales)."""
+    if isinstance(fc1, Fp8Linear):
+        if ops.fuses_linear_bias(backend):
+            a = fc1(x, with_bias=False)
+            return ops.bias_gelu_fp8(a, fc1.bias, backend) if quantize_out else ops.bias_gelu(a, fc1.bias, backend)
+        return F.gelu(fc1(x))
     if ops.fuses_linear_bias(backend):
         return ops.bias_gelu(F.linear(x, fc1.weight), fc1.bias, backend)
     return F.gelu(fc1(x))
 
 
-def _linear_split(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], backend: str) -> BranchOut:
-    """A Linear whose bias the following fused residual op adds (where the backend fuses it) or the GEMM adds."""
-    if ops.fuses_linear_bias(backend):
+def _linear_split(x: Fp8Input, layers: List[nn.Module], backend: str) -> BranchOut:
+    """The layers (concatenated along their outputs) as one GEMM whose bias the following fused residual op adds
+    (where the backend fuses it) or the GEMM adds."""
+    fuse = ops.fuses_linear_bias(backend)
+    if isinstance(layers[0], Fp8Linear):
+        return fp8_linear_layers(x, layers, with_bias=not fuse), layers_bias(layers) if fuse else None
+    weight = layers[0].weight if len(layers) == 1 else torch.cat([m.weight for m in layers])
+    bias = layers_bias(layers)
+    if fuse:
         return F.linear(x, weight), bias
     return F.linear(x, weight, bias), None
 
@@ -229,19 +247,22 @@ class Block(nn.Module):
         likewise the attention branch is added inside norm2, and the MLP branch is returned for the next block's
         norm1 (or the backbone's last_norm). Every parameter a block uses is its own, so wrappers of the block's
         forward (FSDP2 per-block sharding, activation checkpointing, hooks) see all of its work. The
-        ``reference`` backend runs the plain pre-norm block and returns no pending branch."""
+        ``reference`` backend runs the plain pre-norm block and returns no pending branch. FP8 blocks
+        (``Model.quantize_fp8``) have norm1 and norm2 write the FP8 inputs (codes, scales) of qkv and fc1."""
         if backend == "reference":
             if pending is not None:
                 x = _add_branch(x, *pending)
             x = x + self.drop_path(self.attn(self.norm1(x), grid, backend))
             return x + self.drop_path(self.mlp(self.norm2(x), dataset_index, backend)), None
         if pending is None:
-            h = ops.layer_norm(x, self.norm1.weight, self.norm1.bias, self.norm1.eps)
+            h: Fp8Input = ops.layer_norm(x, self.norm1.weight, self.norm1.bias, self.norm1.eps)
         else:
-            x, h = ops.residual_layer_norm(x, *pending, self.norm1.weight, self.norm1.bias, self.norm1.eps, backend)
-        a = _linear_split(self.attn.mix(h, grid, backend), self.attn.proj.weight, self.attn.proj.bias, backend)
+            norm1 = ops.residual_layer_norm_fp8 if isinstance(self.attn.qkv, Fp8Linear) else ops.residual_layer_norm
+            x, h = norm1(x, *pending, self.norm1.weight, self.norm1.bias, self.norm1.eps, backend)
+        a = _linear_split(self.attn.mix(h, grid, backend), [self.attn.proj], backend)
         a, a_bias = self._dropped(*a)
-        x, h = ops.residual_layer_norm(x, a, a_bias, self.norm2.weight, self.norm2.bias, self.norm2.eps, backend)
+        norm2 = ops.residual_layer_norm_fp8 if isinstance(self.mlp.fc1, Fp8Linear) else ops.residual_layer_norm
+        x, h = norm2(x, a, a_bias, self.norm2.weight, self.norm2.bias, self.norm2.eps, backend)
         return x, self._dropped(*self.mlp.forward_split(h, dataset_index, backend))
 
     def _dropped(self, branch: torch.Tensor, bias: Optional[torch.Tensor]) -> BranchOut:

@@ -17,6 +17,9 @@
     The official COCO top-down evaluation: GT boxes (official clean-up: clipped, ``w - 1``) or detections,
     flip test, rescoring, OKS-NMS, ``COCOeval``; prints the AP table (fractions, as training logs them).
 
+``--precision fp32|bf16|fp8`` (both commands): the model's numerics; ``fp8`` runs the backbone's GEMMs on FP8
+tensor cores (see :mod:`vitpose_fast.fp8`), so ``eval --precision fp8`` measures its AP on your data.
+
 ``--weights`` is anything :meth:`vitpose_fast.Model.from_pretrained` loads (our checkpoints, official ``.pth``,
 Hugging Face folders, Hub ids); ``--model PRESET`` instead builds that preset and loads the weights into it strictly.
 ``--dataset NAME`` sets the keypoint metadata (flip pairs, skeleton, OKS sigmas); by default the head's dataset.
@@ -44,6 +47,7 @@ from .config import PRESET_NAMES
 from .crop import box_to_center_scale
 from .datasets import DATASETS
 from .decode import DECODE_METHODS
+from .fp8 import PRECISIONS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -56,16 +60,22 @@ def _warn(msg: str) -> None:
     print(f"vitpose-fast: {msg}", file=sys.stderr)
 
 
-def _load_model(weights: str, preset: Optional[str], device: str):
+def _load_model(weights: str, preset: Optional[str], device: str, precision: str = "fp32"):
     from .checkpoint import load_into, read_checkpoint
+    from .fp8 import Fp8UnavailableError, apply_precision, check_fp8_support
     from .model import Model
 
-    if preset is None:
-        model = Model.from_pretrained(weights)
-    else:
-        model = Model.from_config(preset)
-        load_into(model, read_checkpoint(weights)[0])
-    return model.to(device).eval()
+    try:
+        if precision == "fp8":  # before loading: a GPU without FP8 says so at once
+            check_fp8_support(torch.device(device))
+        if preset is None:
+            model = Model.from_pretrained(weights)
+        else:
+            model = Model.from_config(preset)
+            load_into(model, read_checkpoint(weights)[0])
+        return apply_precision(model.to(device).eval(), precision)
+    except Fp8UnavailableError as e:
+        raise SystemExit(f"vitpose-fast: --precision fp8: {e}") from None
 
 
 def _default_device() -> str:
@@ -322,7 +332,7 @@ def cmd_predict(args) -> int:
         _warn("no --boxes given: each image is one person whose box is the whole image")
         per_image = [None] * len(paths)
         total = len(paths)
-    model = _load_model(args.weights, args.model, args.device)
+    model = _load_model(args.weights, args.model, args.device, args.precision)
     info, k = _resolve_dataset(model, args)
     if info is None and not args.no_flip:
         raise _fail(f"the model's head predicts {k} keypoints of no known dataset: pass --dataset NAME "
@@ -401,7 +411,7 @@ def cmd_eval(args) -> int:
     else:
         boxes = [_gt_boxes(coco, i) for i in image_ids]
     paths = [Path(args.images) / n for n in names]
-    model = _load_model(args.weights, args.model, args.device)
+    model = _load_model(args.weights, args.model, args.device, args.precision)
     info, k = _resolve_dataset(model, args)
     if info is None or info.sigmas is None:
         raise _fail(f"COCOeval needs OKS sigmas for the head's {k} keypoints: pass --dataset NAME "
@@ -456,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keypoint metadata: flip pairs, skeleton, OKS sigmas (default: the head's dataset)")
     common.add_argument("--strict", action="store_true", help="stop at the first unreadable image (default: "
                                                               "report it, skip it, exit with status 1)")
+    common.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (default), bf16, or fp8: bf16 with the backbone GEMMs in FP8 (sm_89+ GPUs, CPU)")
     common.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("predict", parents=[common], help="keypoints for images (COCO results json) or a video")

@@ -14,7 +14,7 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 
-from . import ops
+from . import fp8, ops
 from . import optimize as _optimize
 from .backbone import Backbone, DatasetIndex
 from .config import ModelConfig, preset, with_overrides
@@ -81,7 +81,31 @@ class Model(nn.Module):
     # ------------------------------------------------------------------------------------------------ backend
     def set_backend(self, backend: str) -> "Model":
         self.backend = ops.check_backend(backend)
+        fp8.set_backend(self, self.backend)
         return self
+
+    def quantize_fp8(self) -> "Model":
+        """FP8 inference (in place): the backbone's qkv, proj, fc1, fc2 and ViTPose+ expert weights become
+        float8_e4m3fn codes with one fp32 scale per output channel; their inputs are quantized per token at run
+        time and the GEMMs run on ``torch._scaled_mm`` (bf16 out). Attention, patch embedding, LayerNorm and the
+        heads keep the model's dtype: cast to bf16 first (``vitpose_fast.fp8.apply_precision(model, "fp8")``
+        does both). Inference only; a quantized model cannot be saved (save it before). Raises
+        :class:`vitpose_fast.fp8.Fp8UnavailableError` on a GPU without FP8 tensor cores (before sm_89) or a
+        torch without ``_scaled_mm``, naming the fallback (bf16)."""
+        fp8.check_fp8_support(self.backbone.pos_embed.device)
+        if self.training:
+            raise RuntimeError("quantize_fp8 is for inference: call model.eval() first (FP8 layers have no gradients)")
+        fp8.quantize_backbone(self.backbone, self.backend)
+        return self
+
+    @property
+    def is_fp8(self) -> bool:
+        return fp8.is_quantized(self.backbone)
+
+    def _check_not_fp8(self, what: str) -> None:
+        if self.is_fp8:
+            raise ValueError(f"{what}: this model's GEMM weights are FP8 codes (quantize_fp8 is an inference-time "
+                             "form); save the model before quantizing it")
 
     def resolved_backend(self, device: Optional[torch.device] = None) -> str:
         if device is None:
@@ -161,15 +185,25 @@ class Model(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ inference
     def optimize(self, batch_size: int, dtype: Optional[torch.dtype] = torch.bfloat16,
-                 cuda_graphs: bool = True) -> "Model":
+                 cuda_graphs: bool = True, precision: str = "bf16") -> "Model":
         """Set the model up for inference (returns it): eval mode, weights cast to ``dtype`` (None keeps them),
         the classic head's BatchNorms folded into its deconvolutions, and on CUDA (``cuda_graphs``) forward
         replayed from static-shape CUDA graphs: one per batch size up to ``batch_size`` (a few sizes; others run
         zero-padded in the ``batch_size`` graph; larger batches in ``batch_size`` chunks). Inputs are cast to
         the weights' dtype; outputs are fresh tensors in that dtype. The backend is kept (``auto``: the fused
         Triton block on CUDA, the fused torch composition elsewhere). ``train()`` returns to the eager training
-        path; moving or casting the model re-captures on the next call. See :mod:`vitpose_fast.optimize`."""
+        path; moving or casting the model re-captures on the next call. See :mod:`vitpose_fast.optimize`.
+
+        ``precision="fp8"``: the backbone GEMMs on FP8 tensor cores as well (:meth:`quantize_fp8`; the rest in
+        ``dtype``); ``"bf16"`` (the default) leaves every GEMM in ``dtype``. FP8 where it cannot run raises
+        :class:`vitpose_fast.fp8.Fp8UnavailableError` before anything changes."""
+        if precision not in ("bf16", "fp8"):
+            raise ValueError(f"optimize: precision must be 'bf16' or 'fp8', got {precision!r}")
+        if precision == "fp8":
+            fp8.check_fp8_support(self.backbone.pos_embed.device)
         _, self._optimized = _optimize.optimize_model(self, batch_size, dtype, cuda_graphs)
+        if precision == "fp8" and not self.is_fp8:
+            self.quantize_fp8()
         return self
 
     def _apply(self, fn, *args, **kwargs):
@@ -238,18 +272,21 @@ class Model(nn.Module):
         loadable with ``torch.load(weights_only=True)``."""
         from .checkpoint import save_own
 
+        self._check_not_fp8("save")
         save_own(self, path)
 
     def export_official(self, path: Union[str, os.PathLike]) -> None:
         """Write an official mmpose-layout ``.pth`` (``{"state_dict", "meta"}``)."""
         from .checkpoint import save_official
 
+        self._check_not_fp8("export_official")
         save_official(self, path)
 
     def save_pretrained_hf(self, folder: Union[str, os.PathLike]) -> None:
         """Write a Hugging Face ``save_pretrained``-layout folder (config.json + model.safetensors)."""
         from .checkpoint import save_hf
 
+        self._check_not_fp8("save_pretrained_hf")
         save_hf(self, folder)
 
     def export_onnx(self, path: Union[str, os.PathLike], batch: Optional[int] = None, opset: int = 18,

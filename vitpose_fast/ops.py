@@ -8,6 +8,8 @@ Backends:
   other input falls back to ``torch``.
 - ``auto`` (the default): ``triton`` on CUDA where a kernel exists, ``torch`` elsewhere.
 
+FP8 inference (``Model.quantize_fp8``) goes through :func:`quantize_fp8` and :func:`fp8_linear` here too.
+
 A model's ``backend`` attribute wins; a model left at ``auto`` follows ``VITPOSE_FAST_BACKEND``. Every backend
 uses the same parameters, so switching never changes a state dict.
 """
@@ -16,13 +18,14 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from .config import BACKENDS, AttentionSpec
 from .reference import attention as _ref_attention
+from .reference import fp8 as _ref_fp8
 from .reference.bias_gelu import bias_gelu_ref
 from .reference.residual_layer_norm import residual_layer_norm_ref
 from .reference import simple_decoder as _ref_simple_decoder
@@ -197,3 +200,68 @@ def decode_heatmaps(heatmaps: torch.Tensor, centers, scales, method: str = "udp"
         if _k is not None and _k.supports(heatmaps, method, kernel):
             return _k.decode_heatmaps_triton(heatmaps, centers, scales, method=method, kernel=kernel)
     return decode.decode_heatmaps(heatmaps, centers, scales, method=method, kernel=kernel)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# FP8 GEMMs (inference): per-token activation scales, per-output-channel weight scales
+def quantize_fp8(x: torch.Tensor, backend: str = "torch") -> Tuple[torch.Tensor, torch.Tensor]:
+    """x [..., K] -> (float8_e4m3fn codes [..., K], fp32 scales [..., 1]), one scale (amax / 448) per row.
+    ``triton``: one fused pass (:mod:`vitpose_fast.kernels.fp8_quant`); the other backends: torch ops."""
+    if backend == "triton" and _triton_usable(x):
+        try:
+            from .kernels import fp8_quant as _k
+        except ImportError:
+            _k = None
+        if _k is not None and _k.supports(x):
+            return _k.quantize_rows(x)
+    return _ref_fp8.quantize_rows_ref(x)
+
+
+def fp8_linear(
+    x: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]],
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    backend: str = "torch",
+) -> torch.Tensor:
+    """y = x W^T + b with FP8 operands: x [M, K] (quantized here per token) or already quantized
+    (codes [M, K], scales [M, 1]); weight [N, K] float8_e4m3fn with weight_scale [1, N]; bias [N] or None.
+    Returns [M, N] bfloat16 (the FP8 GEMMs' output type).
+
+    ``reference``: dequantized fp32 matmul (the oracle); ``torch`` / ``triton``: ``torch._scaled_mm`` with
+    row-wise scales, except for K or N not a multiple of 16 (the FP8 GEMMs' alignment), which take the oracle."""
+    qx, sx = x if isinstance(x, tuple) else quantize_fp8(x, backend)
+    if backend == "reference" or not _ref_fp8.scaled_mm_supports(qx.shape[-1], weight.shape[0]):
+        return _ref_fp8.fp8_linear_ref(qx, sx, weight, weight_scale, bias)
+    return _ref_fp8.fp8_linear_torch(qx, sx, weight, weight_scale, bias)
+
+
+def residual_layer_norm_fp8(
+    x: torch.Tensor,
+    branch: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    eps: float,
+    backend: str = "torch",
+) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`residual_layer_norm` for a LayerNorm that feeds an FP8 GEMM: (s, (codes, scales)), h quantized per
+    row by the same pass on ``triton`` (inference only)."""
+    if backend == "triton" and _triton_usable(x, branch):
+        from .kernels import residual_layer_norm as _k
+
+        if _k.supports(x, branch) and x.shape[-1] <= _k.fp8_quant.MAX_K:
+            s, q, scale = _k.residual_layer_norm_fp8(x, branch, bias, weight, ln_bias, eps)
+            return s, (q, scale)
+    s, q, scale = _ref_fp8.residual_layer_norm_fp8_ref(x, branch, bias, weight, ln_bias, eps)
+    return s, (q, scale)
+
+
+def bias_gelu_fp8(a: torch.Tensor, bias: torch.Tensor, backend: str = "torch") -> Tuple[torch.Tensor, torch.Tensor]:
+    """gelu(a + bias) as (codes, scales) for the FP8 fc2 (one pass on ``triton``; inference only)."""
+    if backend == "triton" and _triton_usable(a):
+        from .kernels import bias_gelu as _k
+
+        if _k.supports(a) and a.shape[-1] <= _k.fp8_quant.MAX_K:
+            return _k.bias_gelu_fp8(a, bias)
+    return _ref_fp8.bias_gelu_fp8_ref(a, bias)

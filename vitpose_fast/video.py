@@ -267,7 +267,7 @@ def cmd_predict_video(args) -> int:
     except (OSError, ValueError) as e:
         raise SystemExit(f"vitpose-fast: --boxes: {e}") from e
     detector = _detector(args) if args.detector else None
-    model = _load_model(args.weights, args.model, args.device)
+    model = _load_model(args.weights, args.model, args.device, args.precision)
     try:
         stats = predict_video(
             model, args.images[0], args.out, vis=args.vis, detector=detector, boxes=frame_boxes,
