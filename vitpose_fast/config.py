@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal, Optional, Sequence, Tuple, Union
+from typing import Literal, Sequence, Tuple, Union
 
 AttentionKind = Literal["global", "window"]
 HeadKind = Literal["classic", "simple"]
