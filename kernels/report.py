@@ -108,8 +108,9 @@ class _Recorder:
 
 
 def _jit_fn(obj):
-    """The JITFunction behind a kernel attribute (unwraps triton.autotune / heuristics)."""
-    while not hasattr(obj, "arg_names") or not hasattr(obj, "src"):
+    """The JITFunction behind a kernel attribute (unwraps triton.autotune / heuristics, whose ``fn`` is another
+    kernel; a JITFunction's, or the interpreter's InterpretedFunction's, is the Python function)."""
+    while hasattr(getattr(obj, "fn", None), "arg_names"):
         obj = obj.fn
     return obj
 

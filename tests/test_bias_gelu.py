@@ -83,8 +83,10 @@ def test_custom_op_registration():
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
-def test_report_cases_name_the_kernels():
+def test_report_cases_launch_their_kernels():
+    # The kernel report (vitpose_fast.kernels.report) compiles what each case's launcher call launches.
+    from vitpose_fast.kernels import report
+
     cases = kernel.report_cases()
-    assert {c[0] for c in cases} == {kernel._fwd_kernel, kernel._bwd_kernel}
-    for fn, sig, constexprs, warps, stages, desc in cases:
-        assert list(sig) == fn.arg_names and all(sig[k] == "constexpr" for k in constexprs)
+    labels = [label for case in cases for label, _ in report.record(case)]
+    assert len(labels) == len(cases) and sorted(set(labels)) == ["bias_gelu_bwd", "bias_gelu_fwd"]
