@@ -45,19 +45,10 @@ MAX_COLS = 65536
 # --------------------------------------------------------------------------------------------------------------
 # kernels
 @triton.jit
-def _fwd_kernel(
-    X,  # [n_rows, n_cols] residual stream in
-    BR,  # [br_rows, n_cols] branch (br_rows divides n_rows: row r reads branch row r % br_rows)
-    BIAS,  # [n_cols] Linear bias of the branch (unused unless HAS_BIAS)
-    W, LB,  # [n_cols] LayerNorm weight and bias
-    S, H,  # [n_rows, n_cols] outputs: residual stream out, normalised
-    MEAN, RSTD,  # [n_rows] fp32
-    n_rows, n_cols, br_rows, stride_x, stride_br, stride_s, stride_h,
-    eps,
-    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_N)
+def _add_norm_tile(X, BR, BIAS, W, LB, S, rows, cols, n_rows, n_cols, br_rows, stride_x, stride_br, stride_s, eps,
+                   HAS_BIAS: tl.constexpr):
+    """s = x + branch (+ bias) stored in S's dtype; returns (h, mean, rstd) in fp32 for the rows x cols tile (h =
+    layer_norm(s), statistics of s as stored; masked columns are zero)."""
     rmask = rows < n_rows
     cmask = cols < n_cols
     mask = rmask[:, None] & cmask[None, :]
@@ -71,11 +62,30 @@ def _fwd_kernel(
     s = s.to(tl.float32)
     mean = tl.sum(s, 1) / n_cols
     sc = tl.where(mask, s - mean[:, None], 0.0)
-    var = tl.sum(sc * sc, 1) / n_cols
-    rstd = 1.0 / tl.sqrt(var + eps)
+    rstd = 1.0 / tl.sqrt(tl.sum(sc * sc, 1) / n_cols + eps)
     w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
     lb = tl.load(LB + cols, mask=cmask, other=0.0).to(tl.float32)
-    h = sc * rstd[:, None] * w[None, :] + lb[None, :]
+    return tl.where(mask, sc * rstd[:, None] * w[None, :] + lb[None, :], 0.0), mean, rstd
+
+
+@triton.jit
+def _fwd_kernel(
+    X,  # [n_rows, n_cols] residual stream in
+    BR,  # [br_rows, n_cols] branch (br_rows divides n_rows: row r reads branch row r % br_rows)
+    BIAS,  # [n_cols] Linear bias of the branch (unused unless HAS_BIAS)
+    W, LB,  # [n_cols] LayerNorm weight and bias
+    S, H,  # [n_rows, n_cols] outputs: residual stream out, normalised
+    MEAN, RSTD,  # [n_rows] fp32
+    n_rows, n_cols, br_rows, stride_x, stride_br, stride_s, stride_h,
+    eps,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    h, mean, rstd = _add_norm_tile(X, BR, BIAS, W, LB, S, rows, cols, n_rows, n_cols, br_rows, stride_x, stride_br,
+                                   stride_s, eps, HAS_BIAS)
+    rmask = rows < n_rows
+    mask = rmask[:, None] & (cols < n_cols)[None, :]
     tl.store(H + rows[:, None] * stride_h + cols[None, :], h.to(H.dtype.element_ty), mask=mask)
     tl.store(MEAN + rows, mean, mask=rmask)
     tl.store(RSTD + rows, rstd, mask=rmask)
@@ -155,15 +165,16 @@ def _programs_for_reduction(device_index: int) -> int:
 
 # --------------------------------------------------------------------------------------------------------------
 # launchers
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """[..., C] -> [rows, C] with unit column stride (a view where possible)."""
+    t2 = t.reshape(-1, t.shape[-1])
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
 def _forward(x: torch.Tensor, branch: torch.Tensor, bias: Optional[torch.Tensor], weight: torch.Tensor,
              ln_bias: torch.Tensor, eps: float):
     c = x.shape[-1]
-    x2 = x.reshape(-1, c)
-    br2 = branch.reshape(-1, c)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    if br2.stride(-1) != 1:
-        br2 = br2.contiguous()
+    x2, br2 = _rows(x), _rows(branch)
     n_rows = x2.shape[0]
     out_dtype = torch.promote_types(x.dtype, branch.dtype)
     s = torch.empty((n_rows, c), device=x.device, dtype=out_dtype)
@@ -317,23 +328,11 @@ def _fwd_fp8_kernel(
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
+    h, _, _ = _add_norm_tile(X, BR, BIAS, W, LB, S, rows, cols, n_rows, n_cols, br_rows, stride_x, stride_br,
+                             stride_s, eps, HAS_BIAS)
     rmask = rows < n_rows
-    cmask = cols < n_cols
-    mask = rmask[:, None] & cmask[None, :]
-    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(BR + (rows % br_rows)[:, None] * stride_br + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        b += tl.load(BIAS + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    s = (x + b).to(S.dtype.element_ty)
-    tl.store(S + rows[:, None] * stride_s + cols[None, :], s, mask=mask)
-    s = s.to(tl.float32)
-    mean = tl.sum(s, 1) / n_cols
-    sc = tl.where(mask, s - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(sc * sc, 1) / n_cols + eps)
-    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
-    lb = tl.load(LB + cols, mask=cmask, other=0.0).to(tl.float32)
-    h = (sc * rstd[:, None] * w[None, :] + lb[None, :]).to(S.dtype.element_ty).to(tl.float32)
-    q, scale = quantize_tile(tl.where(mask, h, 0.0), FP8_MAX, AMAX_EPS)
+    mask = rmask[:, None] & (cols < n_cols)[None, :]
+    q, scale = quantize_tile(h.to(S.dtype.element_ty).to(tl.float32), FP8_MAX, AMAX_EPS)
     tl.store(Q + rows[:, None] * n_cols + cols[None, :], q, mask=mask)
     tl.store(QS + rows, scale, mask=rmask)
 
@@ -341,12 +340,7 @@ def _fwd_fp8_kernel(
 def _forward_fp8(x: torch.Tensor, branch: torch.Tensor, bias: Optional[torch.Tensor], weight: torch.Tensor,
                  ln_bias: torch.Tensor, eps: float):
     c = x.shape[-1]
-    x2 = x.reshape(-1, c)
-    br2 = branch.reshape(-1, c)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    if br2.stride(-1) != 1:
-        br2 = br2.contiguous()
+    x2, br2 = _rows(x), _rows(branch)
     n_rows = x2.shape[0]
     s = torch.empty((n_rows, c), device=x.device, dtype=torch.promote_types(x.dtype, branch.dtype))
     q = torch.empty((n_rows, c), device=x.device, dtype=FP8)
