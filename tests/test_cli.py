@@ -200,6 +200,41 @@ def test_interrupted_predict_keeps_finished_images(setup, tmp_path, monkeypatch)
     assert len(got) == sum(d["image_id"] in first_two for d in dets)
 
 
+def test_killed_predict_keeps_finished_images(setup, tmp_path):
+    # A real SIGKILL of a running `vitpose-fast predict` on a folder: the output is valid JSON holding whole images.
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, data, weights = setup
+    src = sorted(data.image_dirs["val2017"].iterdir())[0]
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(400):  # long enough that the kill lands mid-run
+        shutil.copy(src, folder / f"{i + 1:04d}.jpg")
+    out = tmp_path / "o.json"
+    code = "import sys; from vitpose_fast.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "predict", "--weights", str(weights), "--device", "cpu",
+                             "--quiet", "--batch-size", "2", str(folder), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if out.exists() and len(out.read_bytes()) > 10:  # at least one record written
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL  # killed mid-run, not finished
+    finally:
+        proc.kill()
+    got = json.loads(out.read_text())
+    assert 0 < len(got) < 400
+    ids = sorted(r["image_id"] for r in got)
+    assert ids == list(range(1, len(got) + 1))  # one whole-image person per finished image, in order
+
+
 def test_dataset_option_and_skeleton_for_other_heads(tmp_path, monkeypatch, capsys):
     from vitpose_fast.datasets import AIC, MPII
 
