@@ -24,6 +24,7 @@ the FP8 path is a forward-only transform of a trained model.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Tuple
 
@@ -144,31 +145,27 @@ def supports(x: torch.Tensor) -> bool:
 
 # ------------------------------------------------------------------------------------------------------------------
 # ahead-of-time compilation cases (sm_90a kernel report)
-def report_cases() -> list:
-    """(jit kernel, signature, constexprs, num_warps, num_stages, description): the standalone quantization at
-    the GEMM input widths of ViTPose-H (C = 1280, 4C = 5120) and the FP8 epilogues of the fused residual+LayerNorm
-    (C = 1280) and bias+GELU (4C = 5120) kernels, bf16 in, with the launchers' GPU tiles."""
+def report_cases(rows: int = 32 * 36 * 27, dtype=torch.bfloat16) -> list:
+    """The kernel report's cases (:mod:`vitpose_fast.kernels.report`): the standalone quantization at the GEMM
+    input widths of ViTPose-H (C = 1280, 4C = 5120) and the FP8-output forms of the fused residual+LayerNorm
+    (C = 1280) and bias+GELU (4C = 5120) kernels, bf16 in, ViT-H 576x432 batch 32 rows, the launchers' settings."""
     from . import bias_gelu, residual_layer_norm
+    from .report import Case, meta_tensor
 
-    consts = dict(FP8_MAX=E4M3_MAX, AMAX_EPS=EPS)
-    cases = []
-    for k in (1280, 5120):
-        block_m, block_k, num_warps = tile_settings_gpu(k)
-        sig = dict(x_ptr="*bf16", q_ptr="*fp8e4nv", s_ptr="*fp32", M="i32", K="i32", stride_xm="i32",
-                   BLOCK_M="constexpr", BLOCK_K="constexpr", FP8_MAX="constexpr", AMAX_EPS="constexpr")
-        cases.append((_quantize_rows_kernel, sig, dict(BLOCK_M=block_m, BLOCK_K=block_k, **consts), num_warps, 1,
-                      f"fp8 quantize_rows bf16 K={k}"))
-    block_m, block_n, num_warps = residual_layer_norm.settings(1280, interpreting=False)
-    sig = {n: "*bf16" for n in ("X", "BR", "BIAS", "W", "LB", "S")}
-    sig.update(Q="*fp8e4nv", QS="*fp32", n_rows="i32", n_cols="i32", br_rows="i32", stride_x="i32",
-               stride_br="i32", stride_s="i32", eps="fp32", HAS_BIAS="constexpr", BLOCK_M="constexpr",
-               BLOCK_N="constexpr", FP8_MAX="constexpr", AMAX_EPS="constexpr")
-    cases.append((residual_layer_norm._fwd_fp8_kernel, sig,
-                  dict(HAS_BIAS=True, BLOCK_M=block_m, BLOCK_N=block_n, **consts), num_warps, 1,
-                  "residual_layer_norm fp8-out bf16 C=1280"))
-    block_m, block_n, num_warps = tile_settings_gpu(5120)
-    sig = dict(A="*bf16", BIAS="*bf16", Q="*fp8e4nv", QS="*fp32", n_rows="i32", n_cols="i32", stride_a="i32",
-               BLOCK_M="constexpr", BLOCK_N="constexpr", FP8_MAX="constexpr", AMAX_EPS="constexpr")
-    cases.append((bias_gelu._fwd_fp8_kernel, sig, dict(BLOCK_M=block_m, BLOCK_N=block_n, **consts), num_warps, 1,
-                  "bias_gelu fp8-out bf16 4C=5120"))
-    return cases
+    def quantize(k):
+        _launch(meta_tensor(rows, k, dtype=dtype))
+
+    def norm_fp8():
+        vec = meta_tensor(1280, dtype=dtype)
+        residual_layer_norm._forward_fp8(meta_tensor(rows, 1280, dtype=dtype), meta_tensor(rows, 1280, dtype=dtype),
+                                         vec, vec, vec, 1e-6)
+
+    def gelu_fp8():
+        bias_gelu._forward_fp8(meta_tensor(rows, 5120, dtype=dtype), meta_tensor(5120, dtype=dtype))
+
+    return [Case(module=__name__, kernels={"_quantize_rows_kernel": "fp8_quantize"},
+                 launch=functools.partial(quantize, k), spec=f"K={k}") for k in (1280, 5120)] + [
+        Case(module=residual_layer_norm.__name__, kernels={"_fwd_fp8_kernel": "residual_ln_fp8"}, launch=norm_fp8,
+             spec="C=1280"),
+        Case(module=bias_gelu.__name__, kernels={"_fwd_fp8_kernel": "bias_gelu_fp8"}, launch=gelu_fp8, spec="H=5120"),
+    ]

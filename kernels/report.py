@@ -41,10 +41,11 @@ import torch
 # Modules whose report_cases() make up the report (a new kernel module adds itself here).
 MODULES = ("vitpose_fast.kernels.attention", "vitpose_fast.kernels.simple_decoder",
            "vitpose_fast.kernels.heatmap_decode", "vitpose_fast.kernels.residual_layer_norm",
-           "vitpose_fast.kernels.bias_gelu")
+           "vitpose_fast.kernels.bias_gelu", "vitpose_fast.kernels.fp8_quant")
 ARCH = 90
 _PTR_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64",
-              torch.int32: "*i32", torch.int64: "*i64", torch.int8: "*i8", torch.uint8: "*u8", torch.bool: "*i1"}
+              torch.int32: "*i32", torch.int64: "*i64", torch.int8: "*i8", torch.uint8: "*u8", torch.bool: "*i1",
+              torch.float8_e4m3fn: "*fp8e4nv"}
 
 
 @dataclass
@@ -306,9 +307,9 @@ def ci_cases() -> List[Case]:
     d64 and d80 in global and shift+pool attention (window, shift and pool differ from these only in runtime
     integers), its rel-pos backward (global, shift+pool), the split head dim 104 (three parts), every autotune
     config on global attention at d80 (window tiles shrink to the window), the simple decoder, dark / udp
-    decoding at blur 17 (the largest patches), and the fused residual + LayerNorm and bias + GELU at ViT-H's
-    widths."""
-    from vitpose_fast.kernels import attention, bias_gelu, heatmap_decode, residual_layer_norm, simple_decoder
+    decoding at blur 17 (the largest patches), the fused residual + LayerNorm and bias + GELU at ViT-H's
+    widths, and the FP8 quantization kernels."""
+    from vitpose_fast.kernels import attention, bias_gelu, fp8_quant, heatmap_decode, residual_layer_norm, simple_decoder
 
     default = (attention.DEFAULT_CONFIG,)
     tuned = tuple(c for c in attention.AUTOTUNE_CONFIGS if c != attention.DEFAULT_CONFIG)
@@ -321,6 +322,7 @@ def ci_cases() -> List[Case]:
     cases += simple_decoder.report_cases()
     cases += [c for c in heatmap_decode.report_cases() if "blur 17" in c.spec]
     cases += residual_layer_norm.report_cases(widths=(1280,)) + bias_gelu.report_cases(widths=(5120,))
+    cases += fp8_quant.report_cases()
     return cases
 
 

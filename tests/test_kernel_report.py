@@ -85,6 +85,7 @@ def test_rel_pos_and_split_head_dim_spill_bounds(rows):
 def test_decoder_and_heatmap_decode_spill_bounds(rows):
     others = [r for r in rows if not r.kernel.startswith("attn")]
     assert {r.kernel for r in others} == {"decoder_fwd", "decoder_bwd", "heatmap_decode", "residual_ln_fwd",
-                                          "residual_ln_bwd", "bias_gelu_fwd", "bias_gelu_bwd"}
+                                          "residual_ln_bwd", "bias_gelu_fwd", "bias_gelu_bwd", "fp8_quantize",
+                                          "residual_ln_fp8", "bias_gelu_fp8"}
     bad = [_name(r) for r in others if r.spill > (DARK_17_BOUND if r.spec == "dark blur 17" else 0)]
     assert not bad, "\n".join(bad)
