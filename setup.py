@@ -1,6 +1,5 @@
 from setuptools import setup
 
-# The top-level kernels/ folder is installed as vitpose_fast.kernels (never as a top-level `kernels` module).
 setup(
     name="vitpose-fast",
     version="0.1.0",
@@ -9,8 +8,19 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=["vitpose_fast", "vitpose_fast.reference", "vitpose_fast.data", "vitpose_fast.kernels"],
-    package_dir={"vitpose_fast": "vitpose_fast", "vitpose_fast.kernels": "kernels"},
+    # vitpose_fast/kernels is a link to the top-level kernels/ folder, which has no __init__.py: it is importable
+    # only as vitpose_fast.kernels, never as a top-level `kernels` that would shadow the PyPI package of that name.
+    packages=[
+        "vitpose_fast",
+        "vitpose_fast.benchmarking",
+        "vitpose_fast.cli",
+        "vitpose_fast.data",
+        "vitpose_fast.inference",
+        "vitpose_fast.kernels",
+        "vitpose_fast.model",
+        "vitpose_fast.reference",
+        "vitpose_fast.training",
+    ],
     # torch: any 2.x from 2.4 on (2.13 included; never pin a newer one, the CPU wheel is 2.13).
     install_requires=["torch>=2.4", "triton>=3.4; platform_system == 'Linux'", "numpy", "pycocotools", "pillow", "tqdm"],
     extras_require={

@@ -39,8 +39,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from vitpose_fast.benchmarking.common import (
     RESULTS_DIR, PeakMemory, ResultFile, device_slug, do_bench, environment, interpreter_on_cpu, roofline,
     text_table,
 )

@@ -18,15 +18,13 @@ shrinks to a tiny case and the kernel runs in the interpreter: that only shows t
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fused_op_impls, run_micro, time_impls  # noqa: E402
+from vitpose_fast.benchmarking.common import fused_op_impls, run_micro, time_impls
 
-from vitpose_fast.reference.bias_gelu import bias_gelu_ref  # noqa: E402
+from vitpose_fast.reference.bias_gelu import bias_gelu_ref
 
 # name -> (tokens per image, 4C)
 CASES: Dict[str, Tuple[int, int]] = {"vitpose_b_256x192": (192, 3072), "vitpose_h_576x432": (972, 5120)}

@@ -1,4 +1,4 @@
-"""Time batched torch heatmap decoding (``vitpose_fast.decode.decode_heatmaps``) per method.
+"""Time batched torch heatmap decoding (``vitpose_fast.inference.decode.decode_heatmaps``) per method.
 
     python benchmarks/bench_decode.py [--n 64] [--k 17] [--h 64] [--w 48] [--out results.json]
 
@@ -16,10 +16,9 @@ from typing import List, Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ResultFile, do_bench, environment, roofline, text_table  # noqa: E402
+from vitpose_fast.benchmarking.common import ResultFile, do_bench, environment, roofline, text_table
 
-from vitpose_fast.decode import DECODE_METHODS, decode_heatmaps  # noqa: E402
+from vitpose_fast.inference.decode import DECODE_METHODS, decode_heatmaps
 
 COLUMNS = ["method", "ms", "p20", "p80", "gbs", "roofline"]
 TINY = dict(n=2, k=5, h=16, w=12)

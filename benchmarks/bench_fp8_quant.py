@@ -30,8 +30,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, device_slug, do_bench, environment, interpreter_on_cpu, text_table, write_json  # noqa: E402
+from vitpose_fast.benchmarking.common import RESULTS_DIR, device_slug, do_bench, environment, interpreter_on_cpu, text_table, write_json
 
 # name -> (tokens per image, C)
 CASES: Dict[str, Tuple[int, int]] = {"vitpose_h_576x432": (1296, 1280), "vitpose_b_256x192": (192, 768)}

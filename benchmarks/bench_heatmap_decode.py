@@ -5,7 +5,7 @@
 
 Implementations (same heatmaps, centers and scales):
 
-- ``torch``: :func:`vitpose_fast.decode.decode_heatmaps`, batched over persons and keypoints (argmax, whole-map
+- ``torch``: :func:`vitpose_fast.inference.decode.decode_heatmaps`, batched over persons and keypoints (argmax, whole-map
   separable blur, gathers, transform);
 - ``triton``: :func:`vitpose_fast.kernels.heatmap_decode.decode_heatmaps_triton`, one launch that blurs only the
   patch around each peak.
@@ -30,8 +30,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from vitpose_fast.benchmarking.common import (
     RESULTS_DIR, PeakMemory, ResultFile, device_slug, do_bench, environment, interpreter_on_cpu, roofline,
     text_table,
 )

@@ -19,15 +19,13 @@ kernel runs in the interpreter: that only shows the script runs; the figures nee
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fused_op_impls, run_micro, time_impls  # noqa: E402
+from vitpose_fast.benchmarking.common import fused_op_impls, run_micro, time_impls
 
-from vitpose_fast.reference.residual_layer_norm import residual_layer_norm_ref  # noqa: E402
+from vitpose_fast.reference.residual_layer_norm import residual_layer_norm_ref
 
 # name -> (tokens per image, C)
 CASES: Dict[str, Tuple[int, int]] = {"vitpose_b_256x192": (192, 768), "vitpose_h_576x432": (972, 1280)}

@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from vitpose_fast.benchmarking.common import (
     PeakMemory, ResultFile, do_bench, environment, micro_parser, micro_settings, result_path, roofline, text_table,
 )
 

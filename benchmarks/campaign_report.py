@@ -21,8 +21,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Dict, List, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tables import markdown_table  # noqa: E402
+from vitpose_fast.benchmarking.tables import markdown_table
 
 RUN_COLUMNS = ["mode", "attention", "backend", "dtype", "batch", "images_s", "ms_image", "p50_ms", "p90_ms",
                "peak_mib", "mfu", "hm_diff", "vs_sdpa", "vs_compile", "vs_hf", "mfu_target", "note"]

@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,14 +30,11 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` and `train` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import RESULTS_DIR, environment, markdown_table, write_json  # noqa: E402
-from vitpose_fast import Model  # noqa: E402
-from vitpose_fast.crop import box_to_center_scale  # noqa: E402
-from vitpose_fast.decode import decode_heatmaps  # noqa: E402
-from vitpose_fast.fp8 import PRECISIONS, PRECISION_DTYPES, apply_precision  # noqa: E402
+from vitpose_fast.benchmarking.common import RESULTS_DIR, environment, markdown_table, write_json
+from vitpose_fast import Model
+from vitpose_fast.data.crop import box_to_center_scale
+from vitpose_fast.inference.decode import decode_heatmaps
+from vitpose_fast.model.fp8 import PRECISIONS, PRECISION_DTYPES, apply_precision
 
 TRAIN_IMAGES, VAL_IMAGES, EPOCHS, SEED = 300, 40, 12, 0  # as tests/test_train_ddp.py's learning test
 AP_BAR, MEDIAN_PX_BAR = 0.01, 0.1
@@ -49,7 +43,7 @@ AP_BAR, MEDIAN_PX_BAR = 0.01, 0.1
 # ------------------------------------------------------------------------------------------- trained tiny model
 def train_tiny(work: Path, epochs: int = EPOCHS) -> Dict[str, Path]:
     """The learning test's data and training run; returns {"weights", "data_root"}."""
-    from train import train as train_script
+    from vitpose_fast.training import train as train_script
     from vitpose_fast.data.synthetic import make_synthetic_coco
 
     data = make_synthetic_coco(work / "synth", {"train2017": TRAIN_IMAGES, "val2017": VAL_IMAGES}, seed=SEED)
@@ -81,10 +75,10 @@ def _val_persons(coco, image_ids: List[int]):
 
 def tiny_accuracy(weights: Path, data_root: Path, precisions: Sequence[str] = PRECISIONS) -> Dict[str, dict]:
     """AP and keypoint displacement vs fp32 (heatmap pixels) per precision."""
-    from train import train as train_script
-    from train.presets import get_preset
+    from vitpose_fast.training import train as train_script
+    from vitpose_fast.training.presets import get_preset
     from vitpose_fast.data.coco import load_coco
-    from vitpose_fast.pipeline import predict
+    from vitpose_fast.inference.pipeline import predict
 
     pre = get_preset("tiny_synthetic")
     args = train_script.parse_args(["--preset", "tiny_synthetic", "--data-root", str(data_root)])
@@ -208,7 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if payload.get("bars"):
         print(f"bars: {payload['bars']}")
     if not args.no_save:
-        from benchmarks.common import result_stem
+        from vitpose_fast.benchmarking.common import result_stem
 
         stem = result_stem(torch.device("cpu"), "fp8", (0, 0)).replace("_0x0", "_accuracy")
         write_json(args.out / f"{stem}.json", payload)

@@ -35,7 +35,6 @@ import contextlib
 import dataclasses
 import gc
 import math
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -46,10 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks.common` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import (  # noqa: E402
+from vitpose_fast.benchmarking.common import (
     RESULTS_DIR,
     PeakMemory,
     environment,
@@ -63,10 +59,10 @@ from benchmarks.common import (  # noqa: E402
     time_iterations,
     write_json,
 )
-from vitpose_fast import Model, ops  # noqa: E402
-from vitpose_fast.config import GLOBAL, TABLE5_ROWS, ModelConfig, attention_preset, preset, with_overrides  # noqa: E402
-from vitpose_fast.decode import decode_heatmaps  # noqa: E402
-from vitpose_fast.fp8 import fp8_unavailable_reason  # noqa: E402
+from vitpose_fast import Model, ops
+from vitpose_fast.config import GLOBAL, TABLE5_ROWS, ModelConfig, attention_preset, preset, with_overrides
+from vitpose_fast.inference.decode import decode_heatmaps
+from vitpose_fast.model.fp8 import fp8_unavailable_reason
 
 BACKENDS = ("reference", "hf", "hf-bf16", "sdpa-bf16", "compile", "xformers", "flash-attn", "vitpose_fast",
             "vitpose_fast+compile", "vitpose_fast-fp8")
@@ -132,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", type=parse_backends, default=None, help=f"comma list of {','.join(BACKENDS)}")
     p.add_argument("--iters", type=int, default=None, help="timed iterations per batch (default GPU 20, CPU by budget)")
     p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default GPU 5, CPU by budget)")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default runs/benchmarks; committed results live in benchmarks/results)")
     p.add_argument("--no-save", action="store_true", help="print only; write no files")
     p.add_argument("--depth", type=int, default=None, help="override the number of blocks (quick runs)")
     p.add_argument("--decoder", choices=("classic", "simple"), default=None, help="head (default: the preset's)")
@@ -259,7 +255,7 @@ def _our_model(shared: Shared, backend: str, dtype: torch.dtype, config: Optiona
 
 
 def _repo_relative(path: Path) -> str:
-    root = RESULTS_DIR.parent.parent
+    root = Path(__file__).resolve().parents[1]
     try:
         return str(path.resolve().relative_to(root))
     except ValueError:
@@ -541,9 +537,9 @@ def run_e2e(shared: Shared, batches: Sequence[int], iters: int, warmup: int, fli
     eager model: ``predict`` replays no CUDA graph)."""
     plan = shared.plan
     try:
-        import vitpose_fast.pipeline  # noqa: F401
+        import vitpose_fast.inference.pipeline  # noqa: F401
     except ImportError as e:
-        skipped["e2e"] = f"vitpose_fast.pipeline is not available ({e})"
+        skipped["e2e"] = f"vitpose_fast.inference.pipeline is not available ({e})"
         return []
     name = "vitpose_fast"
     model = _our_model(shared, "auto", plan.dtype).eval()

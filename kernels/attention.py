@@ -868,7 +868,7 @@ def report_cases(head_dims=(64, 80, 88, 104), modes=REPORT_MODES, rel_pos=(False
     setting and config (default: every AUTOTUNE_CONFIGS entry at d64 and d80, the default elsewhere)."""
     from vitpose_fast.reference.attention import geometry
 
-    from .report import Case, meta_tensor
+    from vitpose_fast.kernels.report import Case, meta_tensor
 
     cases = []
     for d in head_dims:

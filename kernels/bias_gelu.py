@@ -24,9 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import fp8_quant
-from .fp8_quant import quantize_tile
-from ..reference.fp8 import E4M3_MAX, EPS, FP8
+from vitpose_fast.kernels import fp8_quant
+from vitpose_fast.kernels.fp8_quant import quantize_tile
+from vitpose_fast.reference.fp8 import E4M3_MAX, EPS, FP8
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -261,7 +261,7 @@ def bias_gelu_fp8(a: torch.Tensor, bias: torch.Tensor) -> Tuple[torch.Tensor, to
 def report_cases(rows: int = 32 * 36 * 27, widths=(1536, 3072, 4096, 5120, 6144), dtype=torch.bfloat16):
     """The kernel report's cases (:mod:`vitpose_fast.kernels.report`): forward and backward at every ViT MLP
     width, ViTPose-H 576x432 batch 32 rows, the launchers' own settings."""
-    from .report import Case, meta_tensor
+    from vitpose_fast.kernels.report import Case, meta_tensor
 
     def fwd(h):
         _forward(meta_tensor(rows, h, dtype=dtype), meta_tensor(h, dtype=dtype))

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference.fp8 import E4M3_MAX, EPS, FP8
+from vitpose_fast.reference.fp8 import E4M3_MAX, EPS, FP8
 
 MAX_K = 16384
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -149,8 +149,8 @@ def report_cases(rows: int = 32 * 36 * 27, dtype=torch.bfloat16) -> list:
     """The kernel report's cases (:mod:`vitpose_fast.kernels.report`): the standalone quantization at the GEMM
     input widths of ViTPose-H (C = 1280, 4C = 5120) and the FP8-output forms of the fused residual+LayerNorm
     (C = 1280) and bias+GELU (4C = 5120) kernels, bf16 in, ViT-H 576x432 batch 32 rows, the launchers' settings."""
-    from . import bias_gelu, residual_layer_norm
-    from .report import Case, meta_tensor
+    from vitpose_fast.kernels import bias_gelu, residual_layer_norm
+    from vitpose_fast.kernels.report import Case, meta_tensor
 
     def quantize(k):
         _launch(meta_tensor(rows, k, dtype=dtype))

@@ -1,6 +1,6 @@
 """Fused top-down heatmap decoding: argmax, sub-pixel refinement and the transform back, in one launch.
 
-Same maths as :mod:`vitpose_fast.decode` (official mmpose 0.x ``_get_max_preds``, ``post_process='default'``,
+Same maths as :mod:`vitpose_fast.inference.decode` (official mmpose 0.x ``_get_max_preds``, ``post_process='default'``,
 DARK ``_gaussian_blur`` + ``_taylor``, ``post_dark_udp``, ``transform_preds``); see its module doc for the formulas.
 
 One program per (person, keypoint) map:
@@ -46,11 +46,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..decode import DECODE_METHODS, ArrayLike, gaussian_kernel1d
+from vitpose_fast.inference.decode import DECODE_METHODS, ArrayLike, gaussian_kernel1d
 
 # The kernel's METHOD constexpr.
 _METHOD_IDS = {name: i for i, name in enumerate(("argmax", "default", "dark", "udp"))}
-assert set(_METHOD_IDS) == set(DECODE_METHODS), "method list out of sync with vitpose_fast.decode"
+assert set(_METHOD_IDS) == set(DECODE_METHODS), "method list out of sync with vitpose_fast.inference.decode"
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_KERNEL = 17  # official configs use 11 (sigma 2) and 17 (sigma 3); larger ones unroll into huge code
 
@@ -375,7 +375,7 @@ def decode_heatmaps_triton(
 ) -> torch.Tensor:
     """Decode [N, K, H, W] heatmaps to [N, K, 3] float32 (x, y, score) in image coordinates, in one launch.
 
-    Same signature and results as :func:`vitpose_fast.decode.decode_heatmaps` (see the module doc for limits).
+    Same signature and results as :func:`vitpose_fast.inference.decode.decode_heatmaps` (see the module doc for limits).
     """
     _check(heatmaps, method, kernel)
     n = heatmaps.shape[0]
@@ -402,7 +402,7 @@ def supports(heatmaps: torch.Tensor, method: str, kernel: int = 11) -> bool:
 def report_cases(batch: int = 32, keypoints: int = 17, size=(144, 108), dtype=torch.float32):
     """The report's cases: every method at each blur size the official configs use (11: sigma 2, 17: sigma 3;
     the blur only matters for dark and udp), ViTPose-H 576x432 heatmaps, the launcher's default config."""
-    from .report import Case, meta_tensor
+    from vitpose_fast.kernels.report import Case, meta_tensor
 
     cases = []
     for method in ("argmax", "default", "dark", "udp"):

@@ -1,6 +1,6 @@
 """Fused residual add + LayerNorm: ``s = x + (branch + bias); h = layer_norm(s) * weight + ln_bias`` -> (s, h).
 
-Where the model uses it (pre-norm ViT, :mod:`vitpose_fast.backbone`): the attention output (proj GEMM without
+Where the model uses it (pre-norm ViT, :mod:`vitpose_fast.model.backbone`): the attention output (proj GEMM without
 its bias) into ``norm2``, the MLP output (fc2 GEMM without its bias) into the next block's ``norm1`` or into
 ``last_norm`` after the last block, and the position-embedding add into the first ``norm1``. Unfused that is a
 bias add, a residual add and a LayerNorm: 3 reads and 2 writes of the [rows, C] stream more than this kernel,
@@ -34,9 +34,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import fp8_quant
-from .fp8_quant import quantize_tile
-from ..reference.fp8 import E4M3_MAX, EPS, FP8
+from vitpose_fast.kernels import fp8_quant
+from vitpose_fast.kernels.fp8_quant import quantize_tile
+from vitpose_fast.reference.fp8 import E4M3_MAX, EPS, FP8
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_COLS = 65536
@@ -391,7 +391,7 @@ def residual_layer_norm_fp8(
 def report_cases(rows: int = 32 * 36 * 27, widths=(384, 768, 1024, 1280, 1408), dtype=torch.bfloat16):
     """The kernel report's cases (:mod:`vitpose_fast.kernels.report`): forward and backward at every ViT width,
     ViTPose-H 576x432 batch 32 rows, the launchers' own settings."""
-    from .report import Case, meta_tensor
+    from vitpose_fast.kernels.report import Case, meta_tensor
 
     def fwd(c):
         x = meta_tensor(rows, c, dtype=dtype)

@@ -400,7 +400,7 @@ def simple_decoder(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
 def report_cases(batch: int = 32, grid=(36, 27), keypoints: int = 17, dtype=torch.bfloat16):
     """The report's cases: forward and backward of step 2 at ViTPose-H 576x432 (36 x 27 -> 144 x 108 heatmaps,
     17 keypoints), bf16, the launchers' default configs."""
-    from .report import Case, meta_tensor
+    from vitpose_fast.kernels.report import Case, meta_tensor
 
     h, w = grid
 

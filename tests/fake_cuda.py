@@ -12,7 +12,7 @@ those branches use with a fake that returns what the real one returns, in type a
 - ``torch.cuda.Stream/stream/current_stream`` and ``torch.cuda.CUDAGraph/graph``: the capture runs the body once
   and records its ops; ``replay()`` re-runs them on the same tensors into the same outputs (so a stale static
   output or a missed input copy shows), raises before a capture as the real one does; synchronizing or reading a
-  tensor's value while a capture is open raises (a real capture fails on it); ``vitpose_fast.optimize`` is told
+  tensor's value while a capture is open raises (a real capture fails on it); ``vitpose_fast.model.optimize`` is told
   CUDA graphs are available;
 - ``torch.version.cuda``: a version string;
 - ``triton.testing.do_bench`` runs unchanged: triton's active driver is replaced by one whose device interface is
@@ -244,7 +244,7 @@ def install(monkeypatch) -> FakeCudaState:
             return 0
 
     monkeypatch.setattr(triton_driver, "_active", Driver())
-    from vitpose_fast import optimize
+    from vitpose_fast.model import optimize
 
     monkeypatch.setattr(optimize, "cuda_graphs_available", lambda device: True)
 

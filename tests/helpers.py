@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Callable, Optional, Sequence
 
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(relpath: str) -> ModuleType:
+    """A script of the repository (``benchmarks/run.py``) imported from its file, once per session.
+
+    Scripts import only the installed ``vitpose_fast``, so nothing of the repository goes on ``sys.path``: its
+    root holds ``kernels/``, the name of a PyPI package that transformers imports."""
+    path = REPO / relpath
+    name = "script_" + "_".join(Path(relpath).with_suffix("").parts)
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def randomize_weights(model: torch.nn.Module) -> torch.nn.Module:

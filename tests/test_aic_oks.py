@@ -11,8 +11,8 @@ import pytest
 
 from vitpose_fast.data.multi import MIDPOINTS, remap_coco_keypoints
 from vitpose_fast.data.synthetic import make_synthetic_coco
-from vitpose_fast.datasets import AIC, COCO
-from vitpose_fast.evaluation import evaluate_coco
+from vitpose_fast.data.datasets import AIC, COCO
+from vitpose_fast.inference.evaluation import evaluate_coco
 
 
 @pytest.fixture(scope="module")

@@ -254,7 +254,7 @@ def _preset_specs(depth: int, window):
 
 @pytest.mark.parametrize("spec", _preset_specs(4, (4, 4)), ids=str)
 def test_block_triton_matches_reference(spec):
-    from vitpose_fast.backbone import Block
+    from vitpose_fast.model.backbone import Block
 
     cfg = BackboneConfig(img_size=(64, 48), patch_stride=8, embed_dim=32, num_heads=2, depth=4, attention=spec)
     block = Block(cfg, spec, drop_path=0.0)

@@ -13,7 +13,7 @@ ROUNDS = dict(rounds=3, iterations=1)
 
 
 def test_decode_udp_32_people(benchmark):
-    from vitpose_fast.decode import decode_heatmaps
+    from vitpose_fast.inference.decode import decode_heatmaps
 
     heatmaps = torch.rand(32, 17, 64, 48)
     centers = torch.rand(32, 2) * 500
@@ -25,7 +25,7 @@ def test_decode_udp_32_people(benchmark):
 
 
 def test_crop_and_normalize_16_people(benchmark):
-    from vitpose_fast.crop import crop_and_normalize
+    from vitpose_fast.data.crop import crop_and_normalize
 
     images = [torch.randint(0, 256, (480, 640, 3), dtype=torch.uint8) for _ in range(4)]
     index = torch.arange(16) // 4

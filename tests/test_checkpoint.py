@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from vitpose_fast import Model
-from vitpose_fast.checkpoint import CheckpointError, official_to_hf, hf_to_official, infer_config
+from vitpose_fast.model.checkpoint import CheckpointError, official_to_hf, hf_to_official, infer_config
 
 from helpers import randomize_weights
 
@@ -169,8 +169,8 @@ def test_infer_config_from_tensors():
 def test_non_strict_load_logs_what_it_dropped(caplog):
     import logging
 
-    from vitpose_fast.checkpoint import load_into
-    from vitpose_fast.model import Model as _Model
+    from vitpose_fast.model.checkpoint import load_into
+    from vitpose_fast.model.model import Model as _Model
 
     model = _Model.from_config("vitpose_s", depth=1, embed_dim=32, num_heads=2, res=(32, 32))
     sd = dict(model.state_dict())

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vitpose_fast import cli
+from vitpose_fast.cli import commands as cli
 from vitpose_fast.data.synthetic import make_synthetic_coco
-from vitpose_fast.model import Model
+from vitpose_fast.model.model import Model
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +215,7 @@ def test_killed_predict_keeps_finished_images(setup, tmp_path):
     for i in range(400):  # long enough that the kill lands mid-run
         shutil.copy(src, folder / f"{i + 1:04d}.jpg")
     out = tmp_path / "o.json"
-    code = "import sys; from vitpose_fast.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from vitpose_fast.cli.commands import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, "predict", "--weights", str(weights), "--device", "cpu",
                              "--quiet", "--batch-size", "2", str(folder), "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -236,7 +236,7 @@ def test_killed_predict_keeps_finished_images(setup, tmp_path):
 
 
 def test_dataset_option_and_skeleton_for_other_heads(tmp_path, monkeypatch, capsys):
-    from vitpose_fast.datasets import AIC, MPII
+    from vitpose_fast.data.datasets import AIC, MPII
 
     torch.manual_seed(0)
     model = Model.from_config("vitpose_s", depth=1, embed_dim=32, num_heads=2, res=(64, 48),
@@ -252,7 +252,7 @@ def test_dataset_option_and_skeleton_for_other_heads(tmp_path, monkeypatch, caps
     with pytest.raises(SystemExit, match="aic has 14 keypoints"):
         cli.main(base + ["--dataset", "aic"])
     drawn = []
-    monkeypatch.setattr("vitpose_fast.visualize.save_poses", lambda *a, **k: drawn.append(k["skeleton"]))
+    monkeypatch.setattr("vitpose_fast.inference.visualize.save_poses", lambda *a, **k: drawn.append(k["skeleton"]))
     assert cli.main(base + ["--dataset", "mpii", "--vis", str(tmp_path / "vis")]) == 0
     assert drawn == [MPII.skeleton]
     assert "no --boxes given: each image is one person" in capsys.readouterr().err

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from vitpose_fast import crop
-from vitpose_fast.crop import IMAGENET_MEAN, IMAGENET_STD
+from vitpose_fast.data import crop
+from vitpose_fast.data.crop import IMAGENET_MEAN, IMAGENET_STD
 
 
 # ---- official code, transcribed (mmpose/apis/inference.py, mmpose/core/post_processing/post_transforms.py) ----

@@ -4,17 +4,16 @@ faked triton driver). A type or shape error on the CUDA side of ``benchmarks/`` 
 
 import functools
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` lives at the repository root
+from fake_cuda import DEVICE_NAME, fake_cuda  # noqa: F401  (fake_cuda is a fixture)
+from helpers import load_script
 
-from fake_cuda import DEVICE_NAME, fake_cuda  # noqa: E402,F401  (fake_cuda is a fixture)
+from vitpose_fast.benchmarking import common
 
-from benchmarks import common, run  # noqa: E402
+run = load_script("benchmarks/run.py")
 
 CUDA = torch.device("cuda")
 TINY = ["--model", "vitpose_s", "--res", "64x48", "--depth", "1", "--iters", "2", "--warmup", "1"]
@@ -72,7 +71,7 @@ def test_peak_memory_and_environment_on_cuda(fake_cuda):
 
 def test_graph_capture_fails_on_a_host_sync(fake_cuda):
     # The fake rejects what a real capture rejects: a host synchronisation inside the captured forward.
-    from vitpose_fast.optimize import GraphedForward
+    from vitpose_fast.model.optimize import GraphedForward
 
     for body in (lambda x, key: (torch.cuda.synchronize(), x * 2)[1], lambda x, key: x * float(x.sum())):
         with pytest.raises(RuntimeError, match="capturing"):
@@ -117,10 +116,7 @@ def test_run_main_train_and_e2e_on_cuda(fake_cuda, small_matmul):
 
 
 def _bench(module_name):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import importlib
-
-    return importlib.import_module(module_name)
+    return load_script(f"benchmarks/{module_name}.py")
 
 
 @pytest.mark.parametrize("name, argv", [

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vitpose_fast.data.targets import msra_gaussian_target, udp_gaussian_target
-from vitpose_fast.decode import (
+from vitpose_fast.inference.decode import (
     DECODE_METHODS,
     decode_heatmaps,
     flip_back,

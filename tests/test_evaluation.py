@@ -9,8 +9,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from vitpose_fast.datasets import COCO as COCO_INFO
-from vitpose_fast.evaluation import (
+from vitpose_fast.data.datasets import COCO as COCO_INFO
+from vitpose_fast.inference.evaluation import (
     STATS_NAMES,
     evaluate_coco,
     format_ap_table,
@@ -135,7 +135,7 @@ def test_oks_nms_hand_made():
 
 
 def test_dataset_metadata():
-    from vitpose_fast.datasets import DATASETS, VITPOSE_PLUS_DATASETS, get_dataset
+    from vitpose_fast.data.datasets import DATASETS, VITPOSE_PLUS_DATASETS, get_dataset
 
     counts = {"coco": 17, "aic": 14, "mpii": 16, "crowdpose": 14, "ap10k": 17, "apt36k": 17, "coco_wholebody": 133}
     assert {n: d.num_keypoints for n, d in DATASETS.items()} == counts

@@ -47,7 +47,7 @@ def test_split_moe_models_predict_as_the_moe_model():
 
 def test_official_export_refuses_what_the_official_model_lacks(tmp_path):
     from vitpose_fast import attention_preset
-    from vitpose_fast.checkpoint import CheckpointError
+    from vitpose_fast.model.checkpoint import CheckpointError
 
     with_token = Model.from_config("vitpose_s", num_knowledge_tokens=1, **TINY)
     with pytest.raises(CheckpointError, match="knowledge token"):

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 
 from vitpose_fast import Model, ops
-from vitpose_fast import fp8 as fp8_mod
-from vitpose_fast.fp8 import Fp8Linear, Fp8UnavailableError, apply_precision, check_fp8_support
+from vitpose_fast.model import fp8 as fp8_mod
+from vitpose_fast.model.fp8 import Fp8Linear, Fp8UnavailableError, apply_precision, check_fp8_support
 from vitpose_fast.reference.fp8 import fp8_linear_ref, fp8_linear_torch, quantize_rows_ref, quantize_weight
 
 FP8 = torch.float8_e4m3fn
@@ -210,7 +210,7 @@ def test_fp8_error_is_a_few_times_bf16_error_on_a_random_model():
 
 
 def test_precisions_list_is_what_the_cli_offers():
-    from vitpose_fast.cli import build_parser
+    from vitpose_fast.cli.commands import build_parser
 
     args = build_parser().parse_args(["eval", "--weights", "w", "--ann", "a", "--images", "i", "--precision", "fp8"])
     assert args.precision == "fp8" and fp8_mod.PRECISIONS == ("fp32", "bf16", "fp8")

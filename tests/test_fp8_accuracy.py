@@ -3,15 +3,13 @@ accuracy bars on the tiny model trained on the synthetic set as the learning tes
 AP(fp32)| <= 0.01 on synthetic val and a median keypoint displacement fp8 vs fp32 <= 0.1 heatmap pixels (about
 as long as the learning test: minutes)."""
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` and `train` live at the root
+from helpers import load_script
 
-from benchmarks import fp8_accuracy  # noqa: E402
+fp8_accuracy = load_script("benchmarks/fp8_accuracy.py")
 
 
 @pytest.fixture(autouse=True)

@@ -18,11 +18,10 @@ import torch
 import torch.distributed as dist
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from train import train as train_script  # noqa: E402
+from vitpose_fast.training import train as train_script
 from vitpose_fast import Model  # noqa: E402
-from vitpose_fast import distributed as vf_dist  # noqa: E402
+from vitpose_fast.training import distributed as vf_dist  # noqa: E402
 
 TRAIN_PY = str(REPO / "train" / "train.py")
 STEPS = 21  # 7 epochs of 3 iterations; step 10 is mid-epoch (epoch 3, batch 1)
@@ -64,7 +63,7 @@ def _close(a, b, rtol=1e-5):
 
 
 def _env():
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return dict(os.environ, OMP_NUM_THREADS="1")
 
 
 def _torchrun(nproc, argv, timeout=240):

@@ -1,4 +1,4 @@
-"""Parity of the fused heatmap-decoding kernel with the batched torch decoding (vitpose_fast.decode).
+"""Parity of the fused heatmap-decoding kernel with the batched torch decoding (vitpose_fast.inference.decode).
 
 Positions are compared in heatmap pixels (image error / image pixels per heatmap pixel), to 1e-4 px (on pure
 noise, plus the rounding the Newton step amplifies there); scores must match to
@@ -9,7 +9,7 @@ import pytest
 import torch
 import triton
 
-from vitpose_fast.decode import gaussian_blur, heatmap_keypoints
+from vitpose_fast.inference.decode import gaussian_blur, heatmap_keypoints
 from vitpose_fast.kernels import heatmap_decode as hd
 from vitpose_fast.reference.heatmap_decode import decode_heatmaps_ref
 

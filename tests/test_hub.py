@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from vitpose_fast import Model
-from vitpose_fast.checkpoint import CheckpointError
-from vitpose_fast.hub import is_hub_id
+from vitpose_fast.model.checkpoint import CheckpointError
+from vitpose_fast.model.hub import is_hub_id
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vitpose_fast import Model
-from vitpose_fast.training import build_optimizer, param_groups
+from vitpose_fast.training.core import build_optimizer, param_groups
 
 
 def _official_num_layer(var_name, num_max_layer):

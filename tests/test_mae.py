@@ -12,7 +12,7 @@ import torch
 
 from vitpose_fast import Model
 from vitpose_fast.config import AttentionSpec, BackboneConfig
-from vitpose_fast.mae import MAE, MAEConfig, load_backbone, patchify, random_masking, unpatchify
+from vitpose_fast.model.mae import MAE, MAEConfig, load_backbone, patchify, random_masking, unpatchify
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(embed_dim=64, depth=2, num_heads=2)

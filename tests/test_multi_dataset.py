@@ -20,14 +20,13 @@ from vitpose_fast.data.multi import (
     collate_multi,
     main as multi_main,
 )
-from vitpose_fast.datasets import AIC, COCO, MPII, VITPOSE_PLUS_DATASETS
-from vitpose_fast.pipeline import predict
-from vitpose_fast.training import MultiHeadModel, joints_mse_loss, multi_dataset_loss
+from vitpose_fast.data.datasets import AIC, COCO, MPII, VITPOSE_PLUS_DATASETS
+from vitpose_fast.inference.pipeline import predict
+from vitpose_fast.training.core import MultiHeadModel, joints_mse_loss, multi_dataset_loss
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from train import train as train_script  # noqa: E402
+from vitpose_fast.training import train as train_script
 
 TINY = dict(depth=2, embed_dim=64, num_heads=2, res=(64, 48), drop_path_rate=0.0)
 
@@ -316,7 +315,7 @@ def test_two_processes_match_one_with_the_same_global_batch(synth, tmp_path):
     two = _argv(synth, tmp_path / "two", *extra)
     two[two.index("--batch-size") + 1] = "4"
     train_script.main(one)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(REPO / "train" / "train.py"), *two]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from vitpose_fast import cli
-from vitpose_fast.model import Model
-from vitpose_fast.onnx_export import OnnxExportError, check_onnx
+from vitpose_fast.cli import commands as cli
+from vitpose_fast.model.model import Model
+from vitpose_fast.model.onnx_export import OnnxExportError, check_onnx
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

@@ -9,7 +9,7 @@ import torch
 
 from vitpose_fast import Model
 from vitpose_fast.config import HeadConfig
-from vitpose_fast.heads import ClassicHead
+from vitpose_fast.model.heads import ClassicHead
 
 from fake_cuda import fake_cuda  # noqa: F401  (a fixture: CUDA graphs and streams faked on the CPU)
 from helpers import randomize_weights

@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from vitpose_fast import crop, pipeline
+from vitpose_fast.data import crop
+from vitpose_fast.inference import pipeline
 from vitpose_fast.data.synthetic import KEYPOINT_NAMES
-from vitpose_fast.decode import decode_heatmaps
-from vitpose_fast.model import Model
+from vitpose_fast.inference.decode import decode_heatmaps
+from vitpose_fast.model.model import Model
 
 transformers = pytest.importorskip("transformers")
 from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation  # noqa: E402
@@ -19,7 +20,7 @@ from transformers.models.vitpose.image_processing_pil_vitpose import VitPoseImag
 from transformers.models.vitpose.modeling_vitpose import VitPoseEstimatorOutput  # noqa: E402
 
 IN_H, IN_W = 64, 48
-# COCO flip pairs from the joint names alone (independent of vitpose_fast.datasets).
+# COCO flip pairs from the joint names alone (independent of vitpose_fast.data.datasets).
 COCO_PAIRS = [
     (i, KEYPOINT_NAMES.index("right_" + n[5:])) for i, n in enumerate(KEYPOINT_NAMES) if n.startswith("left_")
 ]
@@ -179,7 +180,7 @@ def test_flip_test_wiring(tiny_model):
 
 
 def test_default_flip_pairs_come_from_coco(tiny_model):
-    pytest.importorskip("vitpose_fast.datasets")
+    pytest.importorskip("vitpose_fast.data.datasets")
     img = smooth_image(50, 40, rng_from_torch())
     a = pipeline.predict(tiny_model, img, [[2, 3, 30, 45]])
     b = pipeline.predict(tiny_model, img, [[2, 3, 30, 45]], dataset=types.SimpleNamespace(flip_pairs=COCO_PAIRS))

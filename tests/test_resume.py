@@ -4,18 +4,16 @@ changes, and metrics.jsonl without duplicated steps after a resume."""
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from train import train as train_script  # noqa: E402
-from vitpose_fast.model import Model  # noqa: E402
-from vitpose_fast.training import (  # noqa: E402
+from vitpose_fast.training import train as train_script
+from vitpose_fast.model.model import Model  # noqa: E402
+from vitpose_fast.training.core import (  # noqa: E402
     CheckpointFileError,
     SavePolicy,
     check_resume_layout,

@@ -2,19 +2,17 @@
 against torch's FlopCounterMode, the CPU plan of the default command, the attention override."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+from helpers import load_script
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` lives at the repository root
+from vitpose_fast import Model, attention_preset, ops, preset
+from vitpose_fast.benchmarking.common import markdown_table, model_flops, percentile, result_stem
 
-from benchmarks import run  # noqa: E402
-from benchmarks.common import markdown_table, model_flops, percentile, result_stem  # noqa: E402
-from vitpose_fast import Model, attention_preset, ops, preset  # noqa: E402
+run = load_script("benchmarks/run.py")
 
 TINY = ["--model", "vitpose_s", "--res", "64x48", "--depth", "1", "--batch", "1,2", "--iters", "1", "--warmup", "0"]
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.common import PeakMemory, _rss_bytes
-from vitpose_fast import pipeline
-from vitpose_fast.model import Model
+from vitpose_fast.benchmarking.common import PeakMemory, _rss_bytes
+from vitpose_fast.inference import pipeline
+from vitpose_fast.model.model import Model
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from train import train as train_script  # noqa: E402
+from vitpose_fast.training import train as train_script
 
 TRAIN_PY = str(REPO / "train" / "train.py")
 
@@ -90,7 +89,7 @@ def test_freeze_flag_keeps_frozen_weights(synth, tmp_path, part):
 
 
 def _torchrun(nproc, argv, timeout=240):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            TRAIN_PY, *argv]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -119,7 +118,7 @@ def test_two_processes_match_one_with_the_same_global_batch(synth, tmp_path):
 def test_evaluation_gathers_every_rank(synth, tmp_path):
     weights = tmp_path / "w.pth"
     from vitpose_fast import Model
-    from train.presets import get_preset
+    from vitpose_fast.training.presets import get_preset
 
     Model(get_preset("tiny_synthetic").model).save(weights)
     argv = ["--eval-only", "--init", str(weights), "--use-gt-bbox"]

@@ -11,10 +11,10 @@ import torch.nn as nn
 
 from vitpose_fast import Model
 from vitpose_fast.config import BackboneConfig, HeadConfig, ModelConfig
-from vitpose_fast.crop import get_warp_matrix
+from vitpose_fast.data.crop import get_warp_matrix
 from vitpose_fast.data import transforms as T
 from vitpose_fast.data.targets import udp_gaussian_target
-from vitpose_fast.training import (
+from vitpose_fast.training.core import (
     ScheduleConfig,
     ShardedSampler,
     build_optimizer,
@@ -77,7 +77,7 @@ def test_lr_factor_follows_mmcv_step_with_linear_warmup():
 def test_scheduler_drives_every_group_from_its_scaled_lr():
     model = Model(_tiny_config(), backend="torch")
     opt = build_optimizer(model, lr=1e-3, weight_decay=0.1, layer_decay=0.5)
-    from vitpose_fast.training import build_scheduler
+    from vitpose_fast.training.core import build_scheduler
 
     cfg = ScheduleConfig(epochs=4, milestones=(2,), warmup_iters=3)
     sched = build_scheduler(opt, iters_per_epoch=5, cfg=cfg)
@@ -323,11 +323,8 @@ def test_training_step_parity_torch_vs_reference(head):
 
 def test_plot_writes_png(tmp_path):
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from train.plot import plot
+    from vitpose_fast.training.plot import plot
 
     lines = [dict(step=s, epoch=0, loss=1.0 / s, lr=1e-3) for s in range(1, 6)]
     lines += [{"step": 5, "epoch": 1, "val/AP": 0.1, "val/AP .5": 0.3, "val/AR": 0.2}]

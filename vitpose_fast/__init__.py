@@ -3,7 +3,7 @@
 ``vitpose_fast.Model`` is the drop-in model; configs are typed dataclasses in :mod:`vitpose_fast.config`.
 """
 
-from .config import (
+from vitpose_fast.config import (
     PRESET_NAMES,
     AttentionSpec,
     BackboneConfig,
@@ -12,7 +12,7 @@ from .config import (
     attention_preset,
     preset,
 )
-from .model import Model
+from vitpose_fast.model.model import Model
 
 __all__ = [
     "Model",

@@ -23,12 +23,12 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from .config import BACKENDS, AttentionSpec
-from .reference import attention as _ref_attention
-from .reference import fp8 as _ref_fp8
-from .reference.bias_gelu import bias_gelu_ref
-from .reference.residual_layer_norm import residual_layer_norm_ref
-from .reference import simple_decoder as _ref_simple_decoder
+from vitpose_fast.config import BACKENDS, AttentionSpec
+from vitpose_fast.reference import attention as _ref_attention
+from vitpose_fast.reference import fp8 as _ref_fp8
+from vitpose_fast.reference.bias_gelu import bias_gelu_ref
+from vitpose_fast.reference.residual_layer_norm import residual_layer_norm_ref
+from vitpose_fast.reference import simple_decoder as _ref_simple_decoder
 
 ENV_VAR = "VITPOSE_FAST_BACKEND"
 
@@ -102,7 +102,7 @@ def attention(
     if backend == "reference":
         return _ref_attention.attention_ref(q, k, v, spec, grid, rel_pos_h, rel_pos_w, extra_k, extra_v)
     if backend == "triton" and _triton_usable(q) and _attention_kernel_supports(q, spec):
-        from .kernels import attention as _k
+        from vitpose_fast.kernels import attention as _k
 
         if q.is_cuda and spec.kind == "global" and not spec.rel_pos:
             _ref_attention.check_inputs(q, k, v, spec, grid, rel_pos_h, rel_pos_w)
@@ -113,7 +113,7 @@ def attention(
 
 def _attention_kernel_supports(q: torch.Tensor, spec: AttentionSpec) -> bool:
     try:
-        from .kernels import attention as _k
+        from vitpose_fast.kernels import attention as _k
     except ImportError:
         return False
     return _k.supports(q, spec)
@@ -134,7 +134,7 @@ def simple_decoder(
         return _ref_simple_decoder.simple_decoder_ref(x, weight, bias)
     if backend == "triton" and _triton_usable(x):
         try:
-            from .kernels import simple_decoder as _k
+            from vitpose_fast.kernels import simple_decoder as _k
         except ImportError:
             _k = None
         if _k is not None and _k.supports(x, weight):
@@ -148,7 +148,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
 
 # --------------------------------------------------------------------------------------------------------------
 # fused epilogues of the transformer block (the ``torch`` and ``triton`` backends; ``reference`` keeps the plain
-# modules, see :class:`vitpose_fast.backbone.Block`)
+# modules, see :class:`vitpose_fast.model.backbone.Block`)
 def fuses_linear_bias(backend: str) -> bool:
     """Whether the proj / fc1 / fc2 GEMMs run without bias and :func:`residual_layer_norm` / :func:`bias_gelu`
     add it (``triton``); the ``torch`` backend keeps the bias in the GEMM (addmm) and composes plain ops."""
@@ -167,7 +167,7 @@ def residual_layer_norm(
     """(s, h) = (x + branch + bias, layer_norm(s)): the residual add of a block branch (its Linear bias included)
     fused with the LayerNorm that follows. ``branch`` has x's shape or (1, *x.shape[1:])."""
     if backend == "triton" and _triton_usable(x, branch):
-        from .kernels import residual_layer_norm as _k
+        from vitpose_fast.kernels import residual_layer_norm as _k
 
         if _k.supports(x, branch):
             return _k.residual_layer_norm(x, branch, bias, weight, ln_bias, eps)
@@ -177,7 +177,7 @@ def residual_layer_norm(
 def bias_gelu(a: torch.Tensor, bias: torch.Tensor, backend: str = "torch") -> torch.Tensor:
     """gelu(a + bias) (exact erf) on the bias-free fc1 output."""
     if backend == "triton" and _triton_usable(a):
-        from .kernels import bias_gelu as _k
+        from vitpose_fast.kernels import bias_gelu as _k
 
         if _k.supports(a):
             return _k.bias_gelu(a, bias)
@@ -188,13 +188,13 @@ def bias_gelu(a: torch.Tensor, bias: torch.Tensor, backend: str = "torch") -> to
 # heatmap decoding: [N, K, H, W] + centers/scales [N, 2] -> [N, K, 3] image coordinates
 def decode_heatmaps(heatmaps: torch.Tensor, centers, scales, method: str = "udp", kernel: int = 11,
                     backend: str = "torch") -> torch.Tensor:
-    """Batched keypoint decoding (see :mod:`vitpose_fast.decode`); ``triton`` fuses argmax, refinement and the
+    """Batched keypoint decoding (see :mod:`vitpose_fast.inference.decode`); ``triton`` fuses argmax, refinement and the
     transform back into one kernel that reads only the stencil points around each peak."""
-    from . import decode
+    from vitpose_fast.inference import decode
 
     if backend == "triton" and _triton_usable(heatmaps):
         try:
-            from .kernels import heatmap_decode as _k
+            from vitpose_fast.kernels import heatmap_decode as _k
         except ImportError:
             _k = None
         if _k is not None and _k.supports(heatmaps, method, kernel):
@@ -209,7 +209,7 @@ def quantize_fp8(x: torch.Tensor, backend: str = "torch") -> Tuple[torch.Tensor,
     ``triton``: one fused pass (:mod:`vitpose_fast.kernels.fp8_quant`); the other backends: torch ops."""
     if backend == "triton" and _triton_usable(x):
         try:
-            from .kernels import fp8_quant as _k
+            from vitpose_fast.kernels import fp8_quant as _k
         except ImportError:
             _k = None
         if _k is not None and _k.supports(x):
@@ -248,7 +248,7 @@ def residual_layer_norm_fp8(
     """:func:`residual_layer_norm` for a LayerNorm that feeds an FP8 GEMM: (s, (codes, scales)), h quantized per
     row by the same pass on ``triton`` (inference only)."""
     if backend == "triton" and _triton_usable(x, branch):
-        from .kernels import residual_layer_norm as _k
+        from vitpose_fast.kernels import residual_layer_norm as _k
 
         if _k.supports(x, branch) and x.shape[-1] <= _k.fp8_quant.MAX_K:
             s, q, scale = _k.residual_layer_norm_fp8(x, branch, bias, weight, ln_bias, eps)
@@ -260,7 +260,7 @@ def residual_layer_norm_fp8(
 def bias_gelu_fp8(a: torch.Tensor, bias: torch.Tensor, backend: str = "torch") -> Tuple[torch.Tensor, torch.Tensor]:
     """gelu(a + bias) as (codes, scales) for the FP8 fc2 (one pass on ``triton``; inference only)."""
     if backend == "triton" and _triton_usable(a):
-        from .kernels import bias_gelu as _k
+        from vitpose_fast.kernels import bias_gelu as _k
 
         if _k.supports(a) and a.shape[-1] <= _k.fp8_quant.MAX_K:
             return _k.bias_gelu_fp8(a, bias)

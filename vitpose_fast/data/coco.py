@@ -10,7 +10,7 @@ numpy state, so every rank builds the same db.
 
 ``__getitem__`` runs the official train pipeline (flip, half body, scale/rotation, UDP affine, normalise, UDP
 Gaussian targets with sigma 2; MSRA targets for non-UDP sets). Keys are an index, an ``(index, epoch)`` pair
-(what :class:`~vitpose_fast.training.ShardedSampler` yields) or an ``(index, epoch, repeat)`` triple (what the
+(what :class:`~vitpose_fast.training.core.ShardedSampler` yields) or an ``(index, epoch, repeat)`` triple (what the
 multi-dataset :class:`~vitpose_fast.data.multi.RatioSampler` yields when it draws a record again within an
 epoch): the augmentation of a sample is seeded by (seed, epoch, index[, repeat if > 0]), which makes it
 independent of worker count, rank count and resumption.
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from . import transforms as T
-from .targets import msra_gaussian_target, udp_gaussian_target
+from vitpose_fast.data import transforms as T
+from vitpose_fast.data.targets import msra_gaussian_target, udp_gaussian_target
 
 Key = Union[int, Tuple[int, int], Tuple[int, int, int]]
 
@@ -193,8 +193,8 @@ def collate(batch: List[Dict[str, torch.Tensor]]) -> Dict[str, Union[torch.Tenso
 
 def gpu_crop_batch(batch: Dict, image_size: Tuple[int, int], device: torch.device) -> torch.Tensor:
     """Crops [B, 3, H, W] of a ``host_crop=False`` batch on ``device`` with
-    :func:`vitpose_fast.crop.crop_and_normalize` (bilinear, zero border: the cv2.warpAffine of the host path)."""
-    from ..crop import crop_and_normalize
+    :func:`vitpose_fast.data.crop.crop_and_normalize` (bilinear, zero border: the cv2.warpAffine of the host path)."""
+    from vitpose_fast.data.crop import crop_and_normalize
 
     images = [im.to(device, non_blocking=True) for im in batch["image"]]
     n = len(images)

@@ -2,7 +2,7 @@
 sets with different keypoint definitions behind one dataset, a ratio sampler and a per-dataset collate.
 
 - :class:`MultiDataset` concatenates :class:`~vitpose_fast.data.coco.CocoKeypoints` sets, one per
-  :class:`DatasetSource`, each built with its own :class:`~vitpose_fast.datasets.DatasetInfo` (keypoint count,
+  :class:`DatasetSource`, each built with its own :class:`~vitpose_fast.data.datasets.DatasetInfo` (keypoint count,
   flip pairs, UDP or MSRA encoding as the official ViTPose+ config: COCO/MPII UDP, the others MSRA; MPII without
   the half-body transform). Every sample carries ``dataset_index``, its ViTPose+ index (coco 0, aic 1, mpii 2,
   ap10k 3, apt36k 4, wholebody 5: the expert and head it trains), and its target at ITS OWN keypoint count.
@@ -10,7 +10,7 @@ sets with different keypoint definitions behind one dataset, a ratio sampler and
   (the expected share per batch; default proportional to the set sizes, i.e. the official ``ConcatDataset``
   with uniform shuffling), then the next sample of that dataset's own shuffled stream. Deterministic in
   (seed, epoch), resumable mid-epoch and sharded over ranks exactly as
-  :class:`~vitpose_fast.training.ShardedSampler` (one process with batch ``world * b`` sees the global batches
+  :class:`~vitpose_fast.training.core.ShardedSampler` (one process with batch ``world * b`` sees the global batches
   of ``world`` processes with batch ``b``).
 - :func:`collate_multi` stacks the images and groups the targets per dataset (``[n_d, K_d, h, w]`` each), which
   is what the per-head loss consumes; nothing is padded to a common K (the official code pads to 133 channels
@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..datasets import VITPOSE_PLUS_DATASETS, DatasetInfo, get_dataset
-from .coco import CocoKeypoints, collate, upper_body_ids
-from .transforms import AugmentConfig
+from vitpose_fast.data.datasets import VITPOSE_PLUS_DATASETS, DatasetInfo, get_dataset
+from vitpose_fast.data.coco import CocoKeypoints, collate, upper_body_ids
+from vitpose_fast.data.transforms import AugmentConfig
 
 __all__ = ["DatasetSource", "vitpose_plus_index", "MultiDataset", "RatioSampler", "collate_multi",
            "remap_coco_keypoints"]

@@ -32,7 +32,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..datasets import COCO
+from vitpose_fast.data.datasets import COCO
 
 KEYPOINT_NAMES: Tuple[str, ...] = COCO.keypoint_names
 # COCO's person category skeleton in the annotation files' 1-based joint ids.

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..crop import IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, get_affine_transform
+from vitpose_fast.data.crop import IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, get_affine_transform
 
 __all__ = [
     "AugmentConfig",

@@ -27,7 +27,7 @@ Semantics of an :class:`AttentionSpec` (every implementation, the Triton kernel 
   grid: tables [2*Hp-1, head_dim] and [2*Wp-1, head_dim]. Pooled keys get no relative-position term.
   (Models zero-initialise the tables; ViTDet uses trunc_normal(std=0.02) when training from scratch.)
 - ``extra_k``, ``extra_v`` ([B, T, heads, head_dim], optional): T extra global key/value tokens (the knowledge
-  tokens of :class:`vitpose_fast.backbone.Backbone`) appended to every window's keys and values, after the
+  tokens of :class:`vitpose_fast.model.backbone.Backbone`) appended to every window's keys and values, after the
   pooled ones: no region or padding mask, no relative-position term. For ``global`` attention this is plain
   attention of the N grid queries over the N + T tokens. Only the N grid tokens are queries here; the extra
   tokens' own queries attend to all N + T tokens (:func:`extra_query_attention`).
@@ -41,7 +41,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..config import AttentionSpec
+from vitpose_fast.config import AttentionSpec
 
 
 @dataclass(frozen=True)

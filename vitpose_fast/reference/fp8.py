@@ -76,7 +76,7 @@ def residual_layer_norm_fp8_ref(
     ln_bias: torch.Tensor, eps: float,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(s, codes, scales) = (x + branch + bias, quantize_rows_ref(layer_norm(s)))."""
-    from .residual_layer_norm import residual_layer_norm_ref
+    from vitpose_fast.reference.residual_layer_norm import residual_layer_norm_ref
 
     s, h = residual_layer_norm_ref(x, branch, bias, weight, ln_bias, eps)
     return (s, *quantize_rows_ref(h))
@@ -84,6 +84,6 @@ def residual_layer_norm_fp8_ref(
 
 def bias_gelu_fp8_ref(a: torch.Tensor, bias: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """quantize_rows_ref(gelu(a + bias))."""
-    from .bias_gelu import bias_gelu_ref
+    from vitpose_fast.reference.bias_gelu import bias_gelu_ref
 
     return quantize_rows_ref(bias_gelu_ref(a, bias))

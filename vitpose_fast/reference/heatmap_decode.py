@@ -2,20 +2,20 @@
 
 heatmaps [N, K, H, W] (any float dtype), centers/scales [N, 2] (official convention: scale in units of 200 px)
 -> [N, K, 3] float32 (x, y, score) in image coordinates. The formulas (official mmpose 0.x ``argmax``,
-``default``, ``dark`` and ``udp``) live in :mod:`vitpose_fast.decode`; this module only gives them the op's name.
+``default``, ``dark`` and ``udp``) live in :mod:`vitpose_fast.inference.decode`; this module only gives them the op's name.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..decode import ArrayLike, decode_heatmaps
+from vitpose_fast.inference.decode import ArrayLike, decode_heatmaps
 
 
 def decode_heatmaps_ref(
     heatmaps: torch.Tensor, centers: ArrayLike, scales: ArrayLike, method: str = "udp", kernel: int = 11
 ) -> torch.Tensor:
-    """The official decoding, batched in torch (:func:`vitpose_fast.decode.decode_heatmaps`)."""
+    """The official decoding, batched in torch (:func:`vitpose_fast.inference.decode.decode_heatmaps`)."""
     return decode_heatmaps(heatmaps, centers, scales, method=method, kernel=kernel)
 
 

@@ -9,14 +9,14 @@ of boxes or images. Results come out per image, in input order, as soon as its l
 
 Per chunk: one host -> device copy per image (kept while the image has boxes left), box -> (center, scale)
 (official ``_box2cs``: aspect ratio of the model input, padding 1.25), crop + normalise
-(:func:`vitpose_fast.crop.crop_and_normalize`: UDP warp for ``decode="udp"``, the standard affine otherwise,
+(:func:`vitpose_fast.data.crop.crop_and_normalize`: UDP warp for ``decode="udp"``, the standard affine otherwise,
 as the official ``TopDownAffine(use_udp=...)``), the forward with the horizontally flipped crops in the same
 batch, ``flip_back`` + average (no heatmap shift, as official UDP), decode
 (:func:`vitpose_fast.ops.decode_heatmaps`: the fused Triton decoder on CUDA) and one device -> host copy of the
 chunk's keypoints. Every step is per crop, so chunking gives the same numbers as one big batch.
 
 The person score is the box score (official inference; rescoring by keypoint confidence is an evaluation step,
-see :mod:`vitpose_fast.evaluation`).
+see :mod:`vitpose_fast.inference.evaluation`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import numpy as np
 import torch
 
-from .crop import box_to_center_scale, box_xywh_to_xyxy, box_xyxy_to_xywh, crop_and_normalize
-from . import ops
-from .decode import DECODE_METHODS, flip_back
+from vitpose_fast.data.crop import box_to_center_scale, box_xywh_to_xyxy, box_xyxy_to_xywh, crop_and_normalize
+from vitpose_fast import ops
+from vitpose_fast.inference.decode import DECODE_METHODS, flip_back
 
 ImageInput = Union[np.ndarray, torch.Tensor, "PIL.Image.Image", str, os.PathLike]  # noqa: F821
 PersonResult = Dict[str, Any]
@@ -166,9 +166,9 @@ def head_num_keypoints(model: torch.nn.Module, dataset_index: Optional[int] = No
 
 
 def head_dataset(model: torch.nn.Module, dataset_index: Optional[int] = None):
-    """The :class:`~vitpose_fast.datasets.DatasetInfo` whose keypoints the selected head predicts: the ViTPose+
+    """The :class:`~vitpose_fast.data.datasets.DatasetInfo` whose keypoints the selected head predicts: the ViTPose+
     dataset of ``dataset_index`` when the keypoint counts agree, else COCO for 17 keypoints; None when unknown."""
-    from .datasets import COCO, VITPOSE_PLUS_DATASETS
+    from vitpose_fast.data.datasets import COCO, VITPOSE_PLUS_DATASETS
 
     k = head_num_keypoints(model, dataset_index)
     if dataset_index and dataset_index < len(VITPOSE_PLUS_DATASETS):
@@ -180,7 +180,7 @@ def head_dataset(model: torch.nn.Module, dataset_index: Optional[int] = None):
 def _flip_pairs(model: torch.nn.Module, dataset: Any, dataset_index: Optional[int]) -> Sequence[Tuple[int, int]]:
     """Flip pairs of ``dataset`` (a name or anything with ``flip_pairs``), or by default of
     :func:`head_dataset`."""
-    from .datasets import get_dataset
+    from vitpose_fast.data.datasets import get_dataset
 
     if isinstance(dataset, str):
         return get_dataset(dataset).flip_pairs
@@ -327,7 +327,7 @@ def predict_iter(
             ``"skip"`` yields it as an :class:`ImageResult` with ``error`` set and goes on.
         prefetch: images decoded ahead of the model on the background thread.
         progress: called with the number of persons finished after every chunk.
-        detector: a person detector (:mod:`vitpose_fast.detectors`) run on each decoded image, on the decoding
+        detector: a person detector (:mod:`vitpose_fast.inference.detectors`) run on each decoded image, on the decoding
             thread, in place of the items' boxes (which must then be None); its xyxy boxes with score >=
             ``det_thr`` and, with ``det_classes``, one of those labels are the image's boxes. A detector error
             always stops the run (``on_error`` covers unreadable images and bad box arrays).
@@ -345,7 +345,7 @@ def predict_iter(
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if detector is not None:
-        from .detectors import check_detector, detect_image
+        from vitpose_fast.inference.detectors import check_detector, detect_image
 
         check_detector(detector)
     param = next(model.parameters())
@@ -474,7 +474,7 @@ def predict(
             for a single image the array itself, for a list a list of arrays. None (or a None entry) means
             one box covering the image; an empty array gives no persons. See :func:`prepare_boxes`.
         flip_test: average with the horizontally flipped crops (run in the same forward batch).
-        decode: a :data:`vitpose_fast.decode.DECODE_METHODS` name; ``udp`` (official ViTPose) also selects the
+        decode: a :data:`vitpose_fast.inference.decode.DECODE_METHODS` name; ``udp`` (official ViTPose) also selects the
             UDP crop warp, the others the standard affine crop.
         batch_size: crops per forward call (flipped copies included); also bounds the memory of every other
             step, which run chunk by chunk.
@@ -490,7 +490,7 @@ def predict(
         "box": float32 [4] xyxy, "score": float}``.
     """
     if detector is not None:
-        from .detectors import check_detector
+        from vitpose_fast.inference.detectors import check_detector
 
         check_detector(detector, boxes)
     single = _is_single_image(images)

@@ -8,17 +8,17 @@
     the ids of ``--ann``'s images (by file name), else the number in the file name (``000123.jpg`` -> 123).
 ``vitpose-fast predict --weights W IMAGE_OR_DIR... --detector SPEC --out preds.json``
     ``--detector module:callable`` or ``yolo:PATH.pt`` finds the persons of each image as it is decoded
-    (:mod:`vitpose_fast.detectors`), instead of ``--boxes``.
+    (:mod:`vitpose_fast.inference.detectors`), instead of ``--boxes``.
 ``vitpose-fast predict --weights W CLIP.mp4 [--detector SPEC | --boxes PER_FRAME.json] --out poses.jsonl [--vis out.mp4]``
-    A video file, webcam index or stream URL: one JSON line per frame (:mod:`vitpose_fast.video`).
+    A video file, webcam index or stream URL: one JSON line per frame (:mod:`vitpose_fast.inference.video`).
 ``vitpose-fast export --onnx OUT.onnx --weights W [--res HxW] [--dataset-index I] [--check]``
-    ONNX export of the plain-PyTorch path (:mod:`vitpose_fast.onnx_export`).
+    ONNX export of the plain-PyTorch path (:mod:`vitpose_fast.model.onnx_export`).
 ``vitpose-fast eval --weights W --ann ANN.json --images DIR [--dets DETS.json] [--no-flip]``
     The official COCO top-down evaluation: GT boxes (official clean-up: clipped, ``w - 1``) or detections,
     flip test, rescoring, OKS-NMS, ``COCOeval``; prints the AP table (fractions, as training logs them).
 
 ``--precision fp32|bf16|fp8`` (both commands): the model's numerics; ``fp8`` runs the backbone's GEMMs on FP8
-tensor cores (see :mod:`vitpose_fast.fp8`), so ``eval --precision fp8`` measures its AP on your data.
+tensor cores (see :mod:`vitpose_fast.model.fp8`), so ``eval --precision fp8`` measures its AP on your data.
 
 ``--weights`` is anything :meth:`vitpose_fast.Model.from_pretrained` loads (our checkpoints, official ``.pth``,
 Hugging Face folders, Hub ids); ``--model PRESET`` instead builds that preset and loads the weights into it strictly.
@@ -43,11 +43,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .config import PRESET_NAMES
-from .crop import box_to_center_scale
-from .datasets import DATASETS
-from .decode import DECODE_METHODS
-from .fp8 import PRECISIONS
+from vitpose_fast.config import PRESET_NAMES
+from vitpose_fast.data.crop import box_to_center_scale
+from vitpose_fast.data.datasets import DATASETS
+from vitpose_fast.inference.decode import DECODE_METHODS
+from vitpose_fast.model.fp8 import PRECISIONS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -61,9 +61,9 @@ def _warn(msg: str) -> None:
 
 
 def _load_model(weights: str, preset: Optional[str], device: str, precision: str = "fp32"):
-    from .checkpoint import load_into, read_checkpoint
-    from .fp8 import Fp8UnavailableError, apply_precision, check_fp8_support
-    from .model import Model
+    from vitpose_fast.model.checkpoint import load_into, read_checkpoint
+    from vitpose_fast.model.fp8 import Fp8UnavailableError, apply_precision, check_fp8_support
+    from vitpose_fast.model.model import Model
 
     try:
         if precision == "fp8":  # before loading: a GPU without FP8 says so at once
@@ -203,8 +203,8 @@ def _report_matching(dets: List[dict], unmatched: List[dict], n_images: int, wit
 
 def _resolve_dataset(model, args):
     """The DatasetInfo for ``--dataset`` (checked against the head) or the head's own; None if unknown."""
-    from .datasets import get_dataset
-    from .pipeline import head_dataset, head_num_keypoints
+    from vitpose_fast.data.datasets import get_dataset
+    from vitpose_fast.inference.pipeline import head_dataset, head_num_keypoints
 
     k = head_num_keypoints(model, args.dataset_index)
     if args.dataset is None:
@@ -219,7 +219,7 @@ def _resolve_dataset(model, args):
 def _stream(model, items, args, info, total: Optional[int], desc: str, detector=None) -> Iterator[Any]:
     """predict_iter over ``items`` (with ``detector``: each image's boxes found by it) with a per-person progress
     bar; unreadable images are reported (or fatal with --strict). Yields ImageResults."""
-    from .pipeline import predict_iter
+    from vitpose_fast.inference.pipeline import predict_iter
 
     with tqdm(total=total, unit="person", desc=desc, file=sys.stderr, disable=args.quiet) as bar:
         stream = predict_iter(
@@ -266,7 +266,7 @@ class JsonListWriter:
 
 
 def _coco_records(image_id: int, file_name: str, persons: List[dict]) -> List[dict]:
-    from .evaluation import results_to_coco
+    from vitpose_fast.inference.evaluation import results_to_coco
 
     if not persons:
         return []
@@ -288,7 +288,7 @@ def _load_ann_images(path: str) -> List[dict]:
 
 
 def _detector(args):
-    from .detectors import load_detector
+    from vitpose_fast.inference.detectors import load_detector
 
     try:
         return load_detector(args.detector, device=args.device)
@@ -297,8 +297,8 @@ def _detector(args):
 
 
 def cmd_predict(args) -> int:
-    from .video import cmd_predict_video, is_video_source
-    from .visualize import save_poses
+    from vitpose_fast.inference.video import cmd_predict_video, is_video_source
+    from vitpose_fast.inference.visualize import save_poses
 
     if len(args.images) == 1 and is_video_source(args.images[0]):
         return cmd_predict_video(args)
@@ -386,7 +386,7 @@ def cmd_eval(args) -> int:
 
     from pycocotools.coco import COCO as CocoApi
 
-    from .evaluation import evaluate_coco, format_ap_table, rescore_and_nms
+    from vitpose_fast.inference.evaluation import evaluate_coco, format_ap_table, rescore_and_nms
 
     if args.out:
         _check_output_file(args.out, "--out")
@@ -474,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files or folders; or one video file, stream URL or webcam index")
     p.add_argument("--boxes", help="COCO detection results json, matched by file_name or image_id (without it "
                                    "each image is one person whose box is the whole image); for a video, per-frame boxes json "
-                   "(see vitpose_fast.video.load_frame_boxes)")
+                   "(see vitpose_fast.inference.video.load_frame_boxes)")
     p.add_argument("--ann", help="COCO json whose images give the image ids (by file name); default: the "
                                  "number in each file name")
     p.add_argument("--box-thr", type=float, default=0.0, help="minimum detection score")
@@ -516,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_export(args) -> int:
-    from .onnx_export import cmd_export
+    from vitpose_fast.model.onnx_export import cmd_export
 
     return cmd_export(args)
 

@@ -31,12 +31,10 @@ import torch
 from vitpose_fast.config import ModelConfig
 from vitpose_fast.reference.attention import geometry
 
-try:
-    from .tables import format_cell, markdown_table, text_table  # noqa: F401 (re-exported)
-except ImportError:  # imported as a top-level module by the bench_*.py scripts (benchmarks/ on sys.path)
-    from tables import format_cell, markdown_table, text_table  # noqa: F401
+from vitpose_fast.benchmarking.tables import format_cell, markdown_table, text_table  # noqa: F401 (re-exported)
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Runs write under the working directory's runs/ (ignored by git); committed results live in benchmarks/results/.
+RESULTS_DIR = Path("runs") / "benchmarks"
 
 
 # ------------------------------------------------------------------------------------------------- environment

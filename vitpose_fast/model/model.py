@@ -14,11 +14,12 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 
-from . import fp8, ops
-from . import optimize as _optimize
-from .backbone import Backbone, DatasetIndex
-from .config import ModelConfig, preset, with_overrides
-from .heads import build_head
+from vitpose_fast import ops
+from vitpose_fast.model import fp8
+from vitpose_fast.model import optimize as _optimize
+from vitpose_fast.model.backbone import Backbone, DatasetIndex
+from vitpose_fast.config import ModelConfig, preset, with_overrides
+from vitpose_fast.model.heads import build_head
 
 
 class Model(nn.Module):
@@ -67,7 +68,7 @@ class Model(nn.Module):
         heads are inferred from the tensors; ``overrides`` (e.g. ``res=(384, 288)``, ``num_heads=...``) adjust
         the inferred config (the position embedding is resized bicubically when the grid differs). The model is
         returned in eval mode."""
-        from .checkpoint import load_model
+        from vitpose_fast.model.checkpoint import load_model
 
         return load_model(cls, src, backend=backend, strict=strict, **overrides)
 
@@ -88,9 +89,9 @@ class Model(nn.Module):
         """FP8 inference (in place): the backbone's qkv, proj, fc1, fc2 and ViTPose+ expert weights become
         float8_e4m3fn codes with one fp32 scale per output channel; their inputs are quantized per token at run
         time and the GEMMs run on ``torch._scaled_mm`` (bf16 out). Attention, patch embedding, LayerNorm and the
-        heads keep the model's dtype: cast to bf16 first (``vitpose_fast.fp8.apply_precision(model, "fp8")``
+        heads keep the model's dtype: cast to bf16 first (``vitpose_fast.model.fp8.apply_precision(model, "fp8")``
         does both). Inference only; a quantized model cannot be saved (save it before). Raises
-        :class:`vitpose_fast.fp8.Fp8UnavailableError` on a GPU without FP8 tensor cores (before sm_89) or a
+        :class:`vitpose_fast.model.fp8.Fp8UnavailableError` on a GPU without FP8 tensor cores (before sm_89) or a
         torch without ``_scaled_mm``, naming the fallback (bf16)."""
         fp8.check_fp8_support(self.backbone.pos_embed.device)
         if self.training:
@@ -133,7 +134,7 @@ class Model(nn.Module):
         """A ViTPose+ (MoE) model -> one plain model per dataset (the official ``tools/model_split.py``, done
         right): block i's ``fc2`` becomes cat([fc2, experts[d]]) and the head is dataset d's; expert keys are
         dropped. Each split model predicts exactly as this one with ``dataset_index=d``."""
-        from .checkpoint import split_moe_state_dict
+        from vitpose_fast.model.checkpoint import split_moe_state_dict
 
         return [
             Model(cfg, backend=self.backend).eval().requires_grad_(False)._loaded(sd)
@@ -192,11 +193,11 @@ class Model(nn.Module):
         zero-padded in the ``batch_size`` graph; larger batches in ``batch_size`` chunks). Inputs are cast to
         the weights' dtype; outputs are fresh tensors in that dtype. The backend is kept (``auto``: the fused
         Triton block on CUDA, the fused torch composition elsewhere). ``train()`` returns to the eager training
-        path; moving or casting the model re-captures on the next call. See :mod:`vitpose_fast.optimize`.
+        path; moving or casting the model re-captures on the next call. See :mod:`vitpose_fast.model.optimize`.
 
         ``precision="fp8"``: the backbone GEMMs on FP8 tensor cores as well (:meth:`quantize_fp8`; the rest in
         ``dtype``); ``"bf16"`` (the default) leaves every GEMM in ``dtype``. FP8 where it cannot run raises
-        :class:`vitpose_fast.fp8.Fp8UnavailableError` before anything changes."""
+        :class:`vitpose_fast.model.fp8.Fp8UnavailableError` before anything changes."""
         if precision not in ("bf16", "fp8"):
             raise ValueError(f"optimize: precision must be 'bf16' or 'fp8', got {precision!r}")
         if precision == "fp8":
@@ -270,21 +271,21 @@ class Model(nn.Module):
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Save in our own format: ``{"format": "vitpose_fast", "version": 1, "config": dict, "state_dict"}``,
         loadable with ``torch.load(weights_only=True)``."""
-        from .checkpoint import save_own
+        from vitpose_fast.model.checkpoint import save_own
 
         self._check_not_fp8("save")
         save_own(self, path)
 
     def export_official(self, path: Union[str, os.PathLike]) -> None:
         """Write an official mmpose-layout ``.pth`` (``{"state_dict", "meta"}``)."""
-        from .checkpoint import save_official
+        from vitpose_fast.model.checkpoint import save_official
 
         self._check_not_fp8("export_official")
         save_official(self, path)
 
     def save_pretrained_hf(self, folder: Union[str, os.PathLike]) -> None:
         """Write a Hugging Face ``save_pretrained``-layout folder (config.json + model.safetensors)."""
-        from .checkpoint import save_hf
+        from vitpose_fast.model.checkpoint import save_hf
 
         self._check_not_fp8("save_pretrained_hf")
         save_hf(self, folder)
@@ -292,8 +293,8 @@ class Model(nn.Module):
     def export_onnx(self, path: Union[str, os.PathLike], batch: Optional[int] = None, opset: int = 18,
                     dataset_index: Optional[int] = None) -> str:
         """Write the plain-PyTorch path as ONNX (pixel_values [B, 3, H, W] -> heatmaps; dynamic batch unless
-        ``batch`` is given; ViTPose+ with ``dataset_index`` fixed). See :mod:`vitpose_fast.onnx_export`."""
-        from .onnx_export import export_onnx
+        ``batch`` is given; ViTPose+ with ``dataset_index`` fixed). See :mod:`vitpose_fast.model.onnx_export`."""
+        from vitpose_fast.model.onnx_export import export_onnx
 
         return export_onnx(self, path, batch=batch, opset=opset, dataset_index=dataset_index)
 
@@ -301,13 +302,13 @@ class Model(nn.Module):
                 decode: str = "udp", batch_size: int = 64, detector=None, det_thr: float = 0.3,
                 det_classes=None, **kwargs):
         """Top-down inference: images + person boxes -> keypoints in image coordinates.
-        See :func:`vitpose_fast.pipeline.predict`. A model not yet optimized is first set up with
+        See :func:`vitpose_fast.inference.pipeline.predict`. A model not yet optimized is first set up with
         ``optimize(batch_size, dtype=None)`` (its dtype kept: folded head, CUDA graphs on CUDA).
 
         ``detector``: instead of ``boxes``, a callable image (HxWx3 uint8 RGB) -> (boxes_xyxy [N, 4], scores [N]
         [, labels [N]]) run first; detections with score < ``det_thr`` (the official demo's 0.3) or a label not
-        in ``det_classes`` (None: all) are dropped. See :mod:`vitpose_fast.detectors`."""
-        from .pipeline import predict
+        in ``det_classes`` (None: all) are dropped. See :mod:`vitpose_fast.inference.detectors`."""
+        from vitpose_fast.inference.pipeline import predict
 
         self._optimize_once(batch_size)
         return predict(self, images, boxes=boxes, box_format=box_format, flip_test=flip_test, decode=decode,
@@ -320,10 +321,10 @@ class Model(nn.Module):
 
     def predict_iter(self, items, batch_size: int = 64, **kwargs):
         """Streaming top-down inference over any iterable of ``image`` / ``(image, boxes[, meta])``: one
-        :class:`~vitpose_fast.pipeline.ImageResult` per item as it is ready, memory bounded by ``batch_size``
+        :class:`~vitpose_fast.inference.pipeline.ImageResult` per item as it is ready, memory bounded by ``batch_size``
         (``detector=fn`` finds each image's boxes). Optimized once as :meth:`predict`.
-        See :func:`vitpose_fast.pipeline.predict_iter`."""
-        from .pipeline import predict_iter
+        See :func:`vitpose_fast.inference.pipeline.predict_iter`."""
+        from vitpose_fast.inference.pipeline import predict_iter
 
         self._optimize_once(batch_size)
         return predict_iter(self, items, batch_size=batch_size, **kwargs)

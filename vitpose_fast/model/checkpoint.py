@@ -23,7 +23,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .config import BackboneConfig, HeadConfig, ModelConfig, with_overrides
+from vitpose_fast.config import BackboneConfig, HeadConfig, ModelConfig, with_overrides
 
 StateDict = Dict[str, torch.Tensor]
 FORMAT = "vitpose_fast"
@@ -68,7 +68,7 @@ def read_checkpoint(src) -> Tuple[StateDict, Optional[ModelConfig], dict]:
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         if isinstance(src, str) and not path.exists():
-            from .hub import is_hub_id, resolve_hub_id
+            from vitpose_fast.model.hub import is_hub_id, resolve_hub_id
 
             if is_hub_id(src):
                 path = resolve_hub_id(src)

@@ -155,8 +155,8 @@ def _parse_res(value: str):
 
 def cmd_export(args) -> int:
     """``vitpose-fast export --onnx OUT.onnx --weights W [--res HxW] [--dataset-index I] [--batch N] [--check]``."""
-    from .checkpoint import CheckpointError, load_into, read_checkpoint
-    from .model import Model
+    from vitpose_fast.model.checkpoint import CheckpointError, load_into, read_checkpoint
+    from vitpose_fast.model.model import Model
 
     overrides = {"res": _parse_res(args.res)} if args.res else {}
     try:

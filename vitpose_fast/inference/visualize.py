@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .datasets import COCO
+from vitpose_fast.data.datasets import COCO
 
 __all__ = ["draw_poses", "save_poses"]
 
@@ -17,7 +17,7 @@ _PALETTE = ((255, 64, 64), (64, 160, 255), (255, 200, 0), (0, 220, 120), (220, 8
 
 def _as_pil(image: Any) -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
-        from .pipeline import load_image  # 16-bit, CMYK and EXIF orientation as predict reads them
+        from vitpose_fast.inference.pipeline import load_image  # 16-bit, CMYK and EXIF orientation as predict reads them
 
         return Image.fromarray(load_image(image), "RGB")
     if isinstance(image, Image.Image):
@@ -36,7 +36,7 @@ def draw_poses(
     draw_boxes: bool = True,
 ) -> Image.Image:
     """A copy of ``image`` (path, PIL, or HxWx3 uint8 array/tensor) with each person's box, skeleton links and
-    joints drawn. ``persons`` are :func:`vitpose_fast.pipeline.predict` results (``keypoints`` [K, 3],
+    joints drawn. ``persons`` are :func:`vitpose_fast.inference.pipeline.predict` results (``keypoints`` [K, 3],
     optional ``box`` xyxy); joints with score below ``kpt_thr`` and links touching them are skipped (the
     official demo's ``kpt_thr=0.3``). Line widths scale with the image size."""
     img = _as_pil(image).copy()

@@ -16,7 +16,7 @@ person crops of consecutive frames sharing forward batches of ``batch_size``); a
     {"frame": 0, "time": 0.0, "persons": [{"box": [x1, y1, x2, y2], "score": 0.93, "keypoints": [[x, y, s], ...]}]}
 
 ``time`` is ``frame / fps`` when the source reports a frame rate (files and most cameras), else seconds since
-the stream was opened. Person boxes come from a detector (:mod:`vitpose_fast.detectors`), from a per-frame
+the stream was opened. Person boxes come from a detector (:mod:`vitpose_fast.inference.detectors`), from a per-frame
 boxes file (:func:`load_frame_boxes`), or are the whole frame.
 """
 
@@ -193,8 +193,8 @@ def predict_video(
     """
     from tqdm import tqdm
 
-    from .detectors import run_detector
-    from .visualize import draw_poses
+    from vitpose_fast.inference.detectors import run_detector
+    from vitpose_fast.inference.visualize import draw_poses
 
     if detector is not None and boxes is not None:
         raise ValueError("pass either per-frame boxes or a detector, not both")
@@ -258,7 +258,7 @@ def predict_video(
 
 def cmd_predict_video(args) -> int:
     """``vitpose-fast predict VIDEO ...`` (called by the CLI when its single input is a video or stream)."""
-    from .cli import _detector, _load_model
+    from vitpose_fast.cli.commands import _detector, _load_model
 
     if args.boxes and args.detector:
         raise SystemExit("vitpose-fast: pass either --boxes or --detector, not both")

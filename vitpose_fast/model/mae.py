@@ -1,6 +1,6 @@
 """Masked-autoencoder (MAE, He et al. 2021) pretraining of the ViTPose backbone (the paper's Table 3).
 
-The encoder IS :class:`vitpose_fast.backbone.Backbone`, so its parameters are named as a ViTPose backbone's
+The encoder IS :class:`vitpose_fast.model.backbone.Backbone`, so its parameters are named as a ViTPose backbone's
 (``patch_embed.proj``, ``pos_embed``, ``blocks.{i}.*``, ``last_norm``) and :meth:`MAE.save_backbone` writes a
 checkpoint that ``Model.from_pretrained(path, strict=False)`` (or :func:`load_backbone` into an existing model)
 loads into any preset of the same width, resizing ``pos_embed`` when the resolution differs.
@@ -42,10 +42,10 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from . import ops
-from .backbone import Backbone, Block, run_blocks
-from .checkpoint import FORMAT, CheckpointError, load_into, read_checkpoint
-from .config import GLOBAL, AttentionSpec, BackboneConfig, HeadConfig, ModelConfig
+from vitpose_fast import ops
+from vitpose_fast.model.backbone import Backbone, Block, run_blocks
+from vitpose_fast.model.checkpoint import FORMAT, CheckpointError, load_into, read_checkpoint
+from vitpose_fast.config import GLOBAL, AttentionSpec, BackboneConfig, HeadConfig, ModelConfig
 
 StateDict = Dict[str, torch.Tensor]
 PATCH = 16  # reconstruction patch size: ViTPose's patch stride
@@ -281,7 +281,7 @@ class MAE(nn.Module):
         ``meta`` names the encoder's config (so loaders know the exact source grid and head count); the stored
         drop path is the pretraining one (0 by default): pass the fine-tuning recipe's ``drop_path_rate`` as an
         override, or load into a preset model with :func:`load_backbone`."""
-        from .training import save_checkpoint
+        from vitpose_fast.training.core import save_checkpoint
 
         meta = {FORMAT: ModelConfig(backbone=self.config.encoder, name="mae_pretrained").to_dict(),
                 "mae": self.config.to_dict()}

@@ -1,7 +1,7 @@
 """Hugging Face Hub ids for :meth:`vitpose_fast.Model.from_pretrained`.
 
 ``"org/name"`` (e.g. ``usyd-community/vitpose-base-simple``) resolves to the repository's snapshot folder
-(config.json + model.safetensors, what :func:`vitpose_fast.checkpoint.read_checkpoint` reads from a folder);
+(config.json + model.safetensors, what :func:`vitpose_fast.model.checkpoint.read_checkpoint` reads from a folder);
 ``"org/name/file.pth"`` resolves to one file of a repository (e.g. the official mmpose ``.pth`` files).
 A cached snapshot loads without a network; with one, missing files are downloaded. ``huggingface_hub`` is an
 optional dependency imported only here, when a string that is no local path looks like a Hub id.
@@ -16,7 +16,7 @@ import os
 import re
 from pathlib import Path
 
-from .checkpoint import CheckpointError
+from vitpose_fast.model.checkpoint import CheckpointError
 
 __all__ = ["is_hub_id", "resolve_hub_id", "HubError"]
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import ops
-from .config import HeadConfig
+from vitpose_fast import ops
+from vitpose_fast.config import HeadConfig
 
 
 class ClassicHead(nn.Module):

@@ -23,8 +23,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from . import ops
-from .reference.fp8 import FP8, quantize_weight
+from vitpose_fast import ops
+from vitpose_fast.reference.fp8 import FP8, quantize_weight
 
 PRECISIONS = ("fp32", "bf16", "fp8")
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}

@@ -4,7 +4,7 @@ What it does (see :meth:`vitpose_fast.Model.optimize`):
 
 - eval mode and the weights cast to ``dtype`` (bf16 by default; on CPU too: on an AVX512-BF16 CPU the bf16
   ViTPose-B forward measured ~1.3x faster than fp32);
-- the classic head folds its BatchNorms into the deconvolution weights (:class:`vitpose_fast.heads.ClassicHead`,
+- the classic head folds its BatchNorms into the deconvolution weights (:class:`vitpose_fast.model.heads.ClassicHead`,
   eval only, recomputed every call so it can never go stale) and applies ReLU in place;
 - the model keeps its backend: ``auto`` runs the fused block (residual + LayerNorm, bias + GELU kernels) on CUDA
   and the fused torch composition elsewhere;
@@ -110,7 +110,7 @@ class Optimized:
 
 def optimize_model(model, batch_size: int, dtype: Optional[torch.dtype], cuda_graphs: bool) -> Tuple[object, Optimized]:
     """Apply :meth:`vitpose_fast.Model.optimize` to ``model``; returns (model, its Optimized state)."""
-    from .heads import ClassicHead
+    from vitpose_fast.model.heads import ClassicHead
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

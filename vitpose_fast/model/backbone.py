@@ -31,11 +31,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from . import ops
-from .config import AttentionSpec, BackboneConfig
-from .fp8 import Fp8Input, Fp8Linear, layers_bias
-from .fp8 import linear_layers as fp8_linear_layers
-from .reference.attention import extra_query_attention
+from vitpose_fast import ops
+from vitpose_fast.config import AttentionSpec, BackboneConfig
+from vitpose_fast.model.fp8 import Fp8Input, Fp8Linear, layers_bias
+from vitpose_fast.model.fp8 import linear_layers as fp8_linear_layers
+from vitpose_fast.reference.attention import extra_query_attention
 
 DatasetIndex = Union[None, int, torch.Tensor]
 BranchOut = Tuple[torch.Tensor, Optional[torch.Tensor]]  # a block branch's output and its pending Linear bias

@@ -83,7 +83,7 @@ def check_detector(detector: Any, boxes: Any = None) -> None:
 def detect_image(detector: Callable, image: Any, score_thr: float, classes: Optional[Sequence[int]],
                  where: str) -> np.ndarray:
     """One decoded HxWx3 uint8 image (numpy or a torch tensor on any device) -> its [N, 5] xyxy + score boxes;
-    :func:`vitpose_fast.pipeline.predict_iter` calls this per image on its decoding thread."""
+    :func:`vitpose_fast.inference.pipeline.predict_iter` calls this per image on its decoding thread."""
     arr = image.cpu().numpy() if isinstance(image, torch.Tensor) else np.ascontiguousarray(image)
     out = detector([arr])[0] if getattr(detector, "batched", False) else detector(arr)
     return _as_boxes(out, score_thr, classes, where)

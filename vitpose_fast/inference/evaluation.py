@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from vitpose_fast.datasets import COCO as _COCO_INFO
+from vitpose_fast.data.datasets import COCO as _COCO_INFO
 
 __all__ = ["STATS_NAMES", "rescore", "oks_iou", "oks_nms", "rescore_and_nms", "results_to_coco",
            "evaluate_coco", "format_ap_table"]

@@ -71,7 +71,7 @@ class MultiHeadModel(nn.Module):
     -> {d: heatmaps [n_d, K_d, h, w]}``: the backbone runs once, each sample's FFN through its dataset's expert
     (each expert only on its own samples), then head ``d`` runs on the features of dataset ``d``'s samples only,
     so a head's BatchNorm statistics and gradients come from its own dataset alone. ``module`` is the wrapped
-    :class:`~vitpose_fast.model.Model` (state-dict keys gain a ``module.`` prefix: save ``.module``'s).
+    :class:`~vitpose_fast.model.model.Model` (state-dict keys gain a ``module.`` prefix: save ``.module``'s).
     """
 
     def __init__(self, model: nn.Module):

@@ -20,12 +20,12 @@ from typing import Dict, Optional, Tuple
 
 from vitpose_fast.config import BackboneConfig, HeadConfig, ModelConfig, preset
 from vitpose_fast.data.transforms import AugmentConfig
-from vitpose_fast.training import ScheduleConfig
+from vitpose_fast.training.core import ScheduleConfig
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "coco"  # keypoint metadata from vitpose_fast.datasets.get_dataset
+    dataset: str = "coco"  # keypoint metadata from vitpose_fast.data.datasets.get_dataset
     udp: bool = True  # UDP affine + UDP Gaussian targets; False: standard affine + MSRA targets
     sigma: float = 2.0
     augment: AugmentConfig = AugmentConfig()

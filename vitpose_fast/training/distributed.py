@@ -5,7 +5,7 @@ per-rank memory estimate.
   embedding, position embedding, last norm and heads form the root unit); with ``param_dtype=bf16`` a
   ``MixedPrecisionPolicy`` gathers bf16 parameters for compute and reduces gradients in fp32. Parameters stay
   per-parameter DTensors under their official names, so the layer-decay groups of
-  :func:`vitpose_fast.training.param_groups` and frozen parameters (``requires_grad=False``, no gradient
+  :func:`vitpose_fast.training.core.param_groups` and frozen parameters (``requires_grad=False``, no gradient
   reduced) work unchanged. The same code runs on CPU (gloo) and CUDA (NCCL).
 - :func:`save_sharded` / :func:`load_sharded`: ``torch.distributed.checkpoint`` (DCP) directories. Each rank
   writes its shards into ``sharded/step_NNNNNNNN.tmp``; once every rank has written, rank 0 adds
@@ -14,10 +14,10 @@ per-rank memory estimate.
   point leaves ``last.dcp`` at a complete checkpoint. DCP reshards on load: a checkpoint resumes on any number of
   processes, with or without FSDP.
 - :func:`consolidate`: one process, no process group: a sharded checkpoint -> a ``Model.save`` file
-  (``Model.from_pretrained`` loads it). ``python -m vitpose_fast.distributed consolidate DIR OUT.pth``.
+  (``Model.from_pretrained`` loads it). ``python -m vitpose_fast.training.distributed consolidate DIR OUT.pth``.
 - :func:`estimate_memory`: per-rank bytes of parameters, gradients, optimizer states and activations for DDP and
   FSDP on N ranks, from a meta-device model (nothing is allocated) and the saved tensors of one meta forward.
-  ``python -m vitpose_fast.distributed memory --model vitpose_h --res 576 432 --batch 64 --ranks 1 8 64``.
+  ``python -m vitpose_fast.training.distributed memory --model vitpose_h --res 576 432 --batch 64 --ranks 1 8 64``.
 """
 
 from __future__ import annotations
@@ -116,10 +116,10 @@ def full_state_dict(model: nn.Module, all_ranks: bool = False) -> Dict[str, torc
 
 
 def local_copy(model: nn.Module, backend: str = "auto") -> nn.Module:
-    """A plain :class:`~vitpose_fast.model.Model` with the full weights of a sharded one, on every rank, in
+    """A plain :class:`~vitpose_fast.model.model.Model` with the full weights of a sharded one, on every rank, in
     eval mode: evaluation then runs each rank's share of the images independently (a sharded forward would need
     every rank in every call, and ranks score different numbers of boxes)."""
-    from .model import Model
+    from vitpose_fast.model.model import Model
 
     full = full_state_dict(model, all_ranks=True)
     device = next(iter(full.values())).device
@@ -147,7 +147,7 @@ def save_sharded(link: os.PathLike, model: nn.Module, optimizer: torch.optim.Opt
                  train_state: Dict[str, Any]) -> Path:
     """Write a sharded training checkpoint (every rank calls this) and point ``link`` (e.g. ``out/last.dcp``) at
     it once it is complete; returns the checkpoint folder. ``train_state`` (rank 0's is kept): everything but
-    the weights and optimizer states, as :func:`vitpose_fast.training.training_state` with ``weights=False``.
+    the weights and optimizer states, as :func:`vitpose_fast.training.core.training_state` with ``weights=False``.
     Older checkpoints under ``out/sharded`` are removed after the switch."""
     import torch.distributed.checkpoint as dcp
 
@@ -241,8 +241,8 @@ def consolidate(path: os.PathLike, out: os.PathLike) -> Path:
     without a process group. Returns ``out``."""
     import torch.distributed.checkpoint as dcp
 
-    from .config import ModelConfig
-    from .model import Model
+    from vitpose_fast.config import ModelConfig
+    from vitpose_fast.model.model import Model
 
     state = read_train_state(path)
     model = Model(ModelConfig.from_dict(state["config"]))
@@ -301,7 +301,7 @@ def _saved_activation_bytes(config, batch: int, dtype: torch.dtype) -> Dict[str,
     counted once per storage (views and tensors saved by several ops share one); saved weights are not
     activations and are left out. Attention saves what flash attention saves (q, k, v, the output and an fp32
     log-sum-exp per query), not the probabilities of SDPA's math path (the meta device's choice)."""
-    from .model import Model
+    from vitpose_fast.model.model import Model
 
     with torch.device("meta"):
         model = Model(config, backend="torch").to(dtype).train()
@@ -343,7 +343,7 @@ def estimate_memory(config, batch: int, ranks: Sequence[int], amp: str = "bf16",
                     freeze: Optional[str] = None) -> List[MemoryEstimate]:
     """Per-rank memory of DDP (any number of ranks) and FSDP on each of ``ranks`` for ``config`` at ``batch``
     images per rank, AdamW, ``amp`` "bf16" (FSDP: bf16 parameters, fp32 reductions; DDP: autocast) or "none"."""
-    from .model import Model
+    from vitpose_fast.model.model import Model
 
     with torch.device("meta"):
         model = Model(config, backend="torch")
@@ -386,7 +386,7 @@ def memory_table(estimates: Sequence[MemoryEstimate]) -> str:
 
 # ------------------------------------------------------------------------------------------------ CLI
 def main(argv: Optional[List[str]] = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m vitpose_fast.distributed", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m vitpose_fast.training.distributed", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("consolidate", help="sharded training checkpoint -> Model.save weights file")
     c.add_argument("checkpoint", type=Path, help="a sharded checkpoint folder (e.g. runs/x/last.dcp)")
@@ -402,7 +402,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.cmd == "consolidate":
         print(consolidate(args.checkpoint, args.out))
     else:
-        from .config import preset
+        from vitpose_fast.config import preset
 
         cfg = preset(args.model, res=tuple(args.res))
         print(memory_table(estimate_memory(cfg, args.batch, args.ranks, args.amp, args.checkpointing)))

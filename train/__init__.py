@@ -1,1 +1,0 @@
-"""Training scripts: ``train/train.py`` (the official COCO recipe), ``train/presets.py``, ``train/plot.py``."""

@@ -1,0 +1,1 @@
+"""The inference layer: crops -> model -> heatmap decoding -> keypoints, detectors, video, drawing, COCO evaluation."""
