@@ -38,6 +38,16 @@ def _one_thread(one_thread):
 
 
 @pytest.fixture(scope="module")
+def module_one_thread():
+    """``one_thread`` for the module-scoped runs, which are set up before any function-scoped fixture: runs they
+    are compared with exactly (the crash test's) train with one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     from vitpose_fast.data.synthetic import make_synthetic_coco
 
@@ -89,7 +99,7 @@ def _weights(path):
 
 
 @pytest.fixture(scope="module")
-def single(synth, tmp_path_factory):
+def single(synth, tmp_path_factory, module_one_thread):
     """One plain process, batch 8, the whole run."""
     out = tmp_path_factory.mktemp("single")
     train_script.main(_args(synth, out))
@@ -203,7 +213,7 @@ def test_two_process_checkpoint_resumes_on_one(synth, single, two, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def one_fsdp(synth, tmp_path_factory):
+def one_fsdp(synth, tmp_path_factory, module_one_thread):
     """One FSDP process: 6 steps straight, and 4 steps (mid-epoch 2) then resumed to 6."""
     root = tmp_path_factory.mktemp("one_fsdp")
     train_script.main(_args(synth, root / "full", 8, "--fsdp", "--max-steps", "6"))
