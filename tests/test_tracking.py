@@ -1,0 +1,303 @@
+"""Tracking (ids through crossings, gaps, exits), One-Euro smoothing, detect-every-N, whole-body drawing and the
+ground-truth tracking benchmark, on scripted scenes and the synthetic video (CPU, no model or a tiny one)."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from helpers import load_script
+from vitpose_fast.data.datasets import COCO, COCO_WHOLEBODY
+from vitpose_fast.data.synthetic import _pose
+from vitpose_fast.data.synthetic_video import make_synthetic_video, synthetic_video_ground_truth
+from vitpose_fast.inference.pipeline import ImageResult
+from vitpose_fast.inference.smoothing import KeypointSmoother, OneEuroConfig, OneEuroFilter
+from vitpose_fast.inference.track_eval import keypoint_lag, read_mot
+from vitpose_fast.inference.tracking import PoseTracker, TrackerConfig, box_iou
+
+pytest.importorskip("scipy")
+
+
+def walker(pose, height, x, y, noise, rng):
+    """Keypoints [17, 3] and box [5] of a figure with hip at (x, y)."""
+    k = pose * height + np.array([x, y])
+    k = k + rng.normal(0, noise, k.shape)
+    lo, hi = k.min(0) - 5, k.max(0) + 5
+    return np.concatenate([k, np.full((17, 1), 0.9)], 1), np.concatenate([lo, hi, [0.9]])
+
+
+def crossing_scene(gap, seed=0, frames=40, speed=4.0):
+    """Two people walking towards each other on one line, both undetected on the frames of ``gap``."""
+    rng = np.random.default_rng(seed)
+    poses = {1: _pose(rng), 2: _pose(rng)}
+    scene = []
+    for f in range(frames):
+        people = {1: walker(poses[1], 100, 40 + speed * f, 120, 1.0, rng),
+                  2: walker(poses[2], 95, 40 + speed * (frames - 1) - speed * f, 122, 1.0, rng)}
+        scene.append({} if f in gap else people)
+    return scene
+
+
+def track_scene(scene, tracker, seed=1):
+    """Run ``tracker`` with each frame's persons in a random order -> {frame: {true id: track id}}."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for f, people in enumerate(scene):
+        order = rng.permutation(sorted(people)) if people else []
+        boxes = np.array([people[p][1] for p in order]).reshape(-1, 5)
+        kps = np.array([people[p][0] for p in order]).reshape(-1, 17, 3)
+        ids = tracker.update(boxes, kps if len(order) else None)
+        assert len(set(ids.tolist())) == len(ids)  # never shared within a frame
+        out[f] = {int(p): int(i) for p, i in zip(order, ids)}
+    return out
+
+
+def ids_of(tracks, person):
+    return {v[person] for v in tracks.values() if person in v}
+
+
+def test_ids_stable_through_a_crossing_with_a_3_frame_gap_in_shuffled_order():
+    frames = 40
+    cross = (frames - 1) // 2  # the walkers meet between frames 19 and 20
+    scene = crossing_scene(gap=(cross - 1, cross, cross + 1), frames=frames)
+    first = {f: p for f, p in enumerate(scene) if p}
+    ious = [box_iou(p[1][1][None, :4], p[2][1][None, :4])[0, 0] for p in first.values()]
+    assert max(ious) > 0.5  # the boxes overlap heavily on both sides of the gap
+    tracks = track_scene(scene, PoseTracker(TrackerConfig(), COCO.sigmas))
+    one, two = ids_of(tracks, 1), ids_of(tracks, 2)
+    assert len(one) == 1 and len(two) == 1 and one != two
+    assert all(not tracks[f] for f in (cross - 1, cross, cross + 1))
+
+
+def test_distinct_people_get_distinct_ids_and_short_gaps_keep_them():
+    truth = synthetic_video_ground_truth(100)
+    bench = load_script("benchmarks/bench_tracking.py")
+    poses = bench.simulated_poses(truth, 0.015)
+    tracker = PoseTracker(TrackerConfig(), COCO.sigmas)
+    seen = {}
+    for det, kps, owners in poses:
+        ids = tracker.update(det, kps)
+        assert len(set(ids.tolist())) == len(ids)
+        for pid, tid in zip(owners, ids):
+            seen.setdefault(pid, set()).add(int(tid))
+    # The still person (a 2-frame gap) and the walkers (id 2 has a 3-frame gap) keep one id each.
+    for pid in (1, 2, 3):
+        assert len(seen[pid]) == 1
+    assert len({next(iter(seen[p])) for p in (1, 2, 3)}) == 3
+
+
+def test_a_person_who_leaves_and_comes_back_gets_a_new_id():
+    truth = synthetic_video_ground_truth(100)
+    gone = [f for f, p in enumerate(truth.frames) if 4 not in p]
+    assert gone[-1] - gone[0] + 1 > TrackerConfig().max_age  # away for longer than a lost track is kept
+    bench = load_script("benchmarks/bench_tracking.py")
+    tracker = PoseTracker(TrackerConfig(), COCO.sigmas)
+    before, after, others = set(), set(), set()
+    for f, (det, kps, owners) in enumerate(bench.simulated_poses(truth, 0.015)):
+        for pid, tid in zip(owners, tracker.update(det, kps)):
+            (before if f < gone[0] else after).add(int(tid)) if pid == 4 else others.add(int(tid))
+    assert len(before) == 1 and len(after) == 1
+    assert before != after and not (after & others) and not (before & others)
+
+
+def test_boxes_of_one_frame_without_keypoints_and_bad_input():
+    tracker = PoseTracker()
+    a = tracker.update(np.array([[0, 0, 10, 20], [50, 0, 60, 20.0]]))
+    b = tracker.update(np.array([[51, 0, 61, 20], [1, 0, 11, 20.0]]))
+    assert a.tolist() == [1, 2] and b.tolist() == [2, 1]
+    assert tracker.update(np.zeros((0, 5))).tolist() == []
+    with pytest.raises(ValueError, match=r"\[N, 4\] or \[N, 5\]"):
+        tracker.update(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="keypoints must be"):
+        tracker.update(np.zeros((2, 4)), np.zeros((3, 17, 3)))
+
+
+# ------------------------------------------------------------------------------------------------ smoothing
+def test_one_euro_reduces_a_still_persons_jitter():
+    rng = np.random.default_rng(0)
+    truth = np.array([[100.0, 50.0], [120.0, 80.0]])
+    smoother = KeypointSmoother()
+    raw, out = [], []
+    for f in range(200):
+        kp = np.concatenate([truth + rng.normal(0, 2.0, truth.shape), np.ones((2, 1))], 1)
+        s = smoother(7, kp, f / 25.0, np.array([80, 40, 140, 140]))
+        raw.append(kp[:, :2])
+        out.append(s[:, :2])
+        assert (s[:, 2] == kp[:, 2]).all()
+    rms = lambda xs: float(np.sqrt(((np.array(xs[20:]) - truth) ** 2).sum(-1).mean()))  # noqa: E731
+    assert rms(out) < 0.6 * rms(raw)
+
+
+def test_one_euro_follows_a_moving_person_within_a_frame():
+    """The stated lag: under one frame (40 ms at 25 fps) for a keypoint moving one body height per second."""
+    height, fps = 100.0, 25.0
+    f = OneEuroFilter(OneEuroConfig())
+    lags = []
+    for i in range(100):
+        t = i / fps
+        x = np.array([[height * t, 10.0]])
+        y = f(x, t, scale=height)
+        if i > 50:
+            lags.append((x[0, 0] - y[0, 0]) / height)  # seconds behind, for a speed of `height` px/s
+    lag = float(np.mean(lags))
+    assert 0 < lag < 1 / fps
+
+
+def test_keypoint_lag_measures_a_known_delay():
+    t = np.arange(120)
+    truth = np.stack([np.sin(t / 6.0) * 30, np.cos(t / 9.0) * 20], -1)[:, None, :]
+    delayed = np.roll(truth, 3, axis=0)
+    assert keypoint_lag(delayed[10:], truth[10:]) == pytest.approx(3.0, abs=0.05)
+    assert keypoint_lag(truth, truth) == pytest.approx(0.0, abs=0.05)
+
+
+# ------------------------------------------------------------------------------------------ detect-every-N
+class OraclePose:
+    """A stand-in pose model for :func:`predict_video`: each box gets the true keypoints of the person it
+    overlaps most (IoU >= 0.3), else keypoints with zero scores."""
+
+    def __init__(self, truth):
+        self.truth = truth
+        self.config = SimpleNamespace(extra_heads=(), head=SimpleNamespace(num_keypoints=17))
+        self.boxes_seen = []
+
+    def predict_iter(self, items, **kwargs):
+        for k, (image, boxes, meta) in enumerate(items):
+            frame = meta[0]
+            people = self.truth.frames[frame]
+            boxes = np.zeros((0, 5)) if boxes is None or not len(boxes) else np.asarray(boxes, dtype=np.float64)
+            self.boxes_seen.append((frame, len(boxes)))
+            persons = []
+            pids = sorted(people)
+            iou = box_iou(boxes[:, :4], np.array([people[p][0] for p in pids]).reshape(-1, 4))
+            for j, box in enumerate(boxes):
+                kp = np.zeros((17, 3), np.float32)
+                if len(pids) and iou[j].max() >= 0.3:
+                    kp = people[pids[int(iou[j].argmax())]][1].astype(np.float32).copy()
+                    kp[:, 2] = np.where(kp[:, 2] > 0, 0.9, 0.0)
+                persons.append({"keypoints": kp, "box": box[:4].astype(np.float32), "score": float(box[4])})
+            yield ImageResult(k, meta, persons, image)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    pytest.importorskip("cv2")
+    return make_synthetic_video(tmp_path_factory.mktemp("synthetic_video"), num_frames=100)
+
+
+def test_synthetic_video_files(video):
+    from vitpose_fast.inference.video import VideoReader, load_frame_boxes
+
+    with VideoReader(video.video) as r:
+        assert r.num_frames == 100 and (r.width, r.height) == (320, 240) and r.fps == pytest.approx(25.0)
+    gt = read_mot(video.gt_file)
+    assert sorted(gt) == list(range(100))
+    for f, people in enumerate(video.truth.frames):
+        assert sorted(gt[f]) == sorted(people)
+        for pid, (box, _) in people.items():
+            np.testing.assert_allclose(gt[f][pid], box, atol=0.02)
+    boxes = load_frame_boxes(video.boxes_file)
+    assert sum(len(b) for b in boxes.values()) == sum(len(p) for p in video.truth.frames) - 5  # the gaps
+    assert "frameRate=25" in (video.root / "seqinfo.ini").read_text()
+    kps = json.loads(video.keypoints_file.read_text())
+    assert np.array(kps["0"]["1"]).shape == (17, 3)
+
+
+def test_detect_every_4_gives_the_same_ids_as_every_frame(video, tmp_path):
+    from vitpose_fast.inference.video import load_frame_boxes, predict_video
+
+    boxes = load_frame_boxes(video.boxes_file)
+    runs = {}
+    for n in (1, 4):
+        model = OraclePose(video.truth)
+        out = tmp_path / f"every{n}.jsonl"
+        stats = predict_video(model, video.video, out, boxes=boxes, track=True, detect_every=n, progress=False)
+        assert stats["frames"] == 100 and stats["persons_per_s"] > 0
+        lines = [json.loads(x) for x in out.read_text().splitlines()]
+        runs[n] = {d["frame"]: {tuple(np.round(p["box"])): p["track_id"] for p in d["persons"]} for d in lines}
+        runs[n]["model"] = model
+    # Between detections the boxes come from the tracks (frames 1, 2, 3, 5, ... also get persons).
+    seen4 = dict(runs[4]["model"].boxes_seen)
+    assert all(seen4[f] > 0 for f in range(1, 100) if f % 4)
+    # Same person -> same id: match each frame's persons by the true person their box overlaps most.
+    truth = video.truth
+
+    def by_person(frame_tracks, f):
+        people = truth.frames[f]
+        pids = sorted(people)
+        out = {}
+        for box, tid in frame_tracks.items():
+            iou = box_iou(np.array(box)[None], np.array([people[p][0] for p in pids]))[0]
+            if iou.max() >= 0.3:
+                out[pids[int(iou.argmax())]] = tid
+        return out
+
+    compared = 0
+    for f in range(100):
+        a, b = by_person(runs[1][f], f), by_person(runs[4][f], f)
+        for pid in set(a) & set(b):
+            assert a[pid] == b[pid], (f, pid)
+            compared += 1
+    assert compared >= 0.95 * sum(len(p) for p in truth.frames)
+
+
+# ------------------------------------------------------------------------------------------ whole-body
+def test_whole_body_drawing_has_face_and_hands():
+    from vitpose_fast.inference.visualize import draw_poses
+
+    rng = np.random.default_rng(0)
+    kps = np.zeros((133, 3))
+    kps[:, 2] = 0.9
+    kps[:17, :2] = rng.uniform(20, 60, (17, 2))
+    kps[9] = kps[10] = [40, 40, 0.9]
+    kps[23:91, :2] = np.stack([np.linspace(100, 180, 68), np.full(68, 30)], 1)  # face: a horizontal line
+    kps[91:112, :2] = np.stack([np.full(21, 120), np.linspace(100, 180, 21)], 1)  # left hand: a vertical line
+    kps[112:, :2] = np.stack([np.full(21, 170), np.linspace(100, 180, 21)], 1)
+    image = np.zeros((200, 200, 3), np.uint8)
+    drawn = np.asarray(draw_poses(image, [{"keypoints": kps, "track_id": 3}], draw_boxes=False)).astype(int)
+    # Between two face landmarks, along the hand chains, and on the wrist-to-hand link: all drawn.
+    assert drawn[30, 140].sum() > 0 and drawn[150, 120].sum() > 0 and drawn[150, 170].sum() > 0
+    mid = ((kps[9, :2] + kps[91, :2]) / 2).round().astype(int)
+    assert drawn[mid[1], mid[0]].sum() > 0
+    # The face and hand colours differ from the person's; the same drawing from 17 keypoints has none of it.
+    assert tuple(drawn[150, 120]) != tuple(drawn[150, 170])
+    body_only = np.asarray(draw_poses(image, [{"keypoints": kps[:17]}], draw_boxes=False)).astype(int)
+    assert body_only[30, 140].sum() == 0 and body_only[150, 120].sum() == 0
+
+
+def test_whole_body_head_in_video_names_its_keypoint_set(video, tmp_path):
+    import torch
+
+    from vitpose_fast.model.model import Model
+
+    torch.manual_seed(0)
+    model = Model.from_config("vitpose_s", depth=1, embed_dim=32, num_heads=2, res=(64, 48),
+                              deconv_channels=(16, 16), extra_heads=(14, 16, 17, 17, 133)).eval()
+    out, vis = tmp_path / "wb.jsonl", tmp_path / "wb.mp4"
+    model.predict_video(video.video, out, vis=vis, boxes={0: video.truth.detections[0]}, max_frames=2,
+                        dataset_index=5, track=True, smooth="one_euro", progress=False, kpt_thr=0.0)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [d["keypoint_set"] for d in lines] == ["coco_wholebody"] * 2
+    assert len(lines[0]["persons"]) == len(video.truth.detections[0])
+    assert all(len(p["keypoints"]) == COCO_WHOLEBODY.num_keypoints for p in lines[0]["persons"])
+    assert vis.stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------------ benchmark
+def test_tracking_benchmark_metrics_on_the_synthetic_video():
+    pytest.importorskip("motmetrics")
+    bench = load_script("benchmarks/bench_tracking.py")
+    truth = synthetic_video_ground_truth()
+    rows = {r["row"]: r for r in bench.tracker_rows(truth, 0.015, OneEuroConfig())}
+    oks = rows["tracker, IoU + OKS"]
+    assert oks["IDF1"] >= 0.95 and oks["MOTA"] >= 0.95
+    assert oks["IDSW"] == 1  # the person who comes back (a new id, as documented)
+    # Keypoints are what separates the crossing walkers: box IoU alone swaps them.
+    assert rows["tracker, IoU only"]["IDSW"] > oks["IDSW"]
+    assert oks["still jitter smoothed px"] < 0.6 * oks["still jitter raw px"]
+    assert oks["walkers lag frames"] < 1.0
+    if "HOTA" in oks:  # trackeval installed: HOTA, and its IDF1/MOTA/IDSW agree with motmetrics'
+        assert oks["HOTA"] > 0.85
+        assert oks["trackeval_IDF1"] == pytest.approx(oks["IDF1"], abs=1e-6)
+        assert oks["trackeval_IDSW"] == oks["IDSW"]
