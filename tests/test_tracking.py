@@ -301,3 +301,25 @@ def test_tracking_benchmark_metrics_on_the_synthetic_video():
         assert oks["HOTA"] > 0.85
         assert oks["trackeval_IDF1"] == pytest.approx(oks["IDF1"], abs=1e-6)
         assert oks["trackeval_IDSW"] == oks["IDSW"]
+
+
+def test_a_failure_on_the_writer_thread_reaches_the_caller(video, tmp_path, monkeypatch):
+    import vitpose_fast.inference.visualize as visualize
+    from vitpose_fast.inference.video import predict_video
+
+    calls = []
+
+    def failing_draw(image, persons, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("drawing failed")
+        return image
+
+    monkeypatch.setattr(visualize, "draw_poses", failing_draw)
+    out = tmp_path / "w.jsonl"
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        predict_video(OraclePose(video.truth), video.video, out, vis=tmp_path / "w.mp4",
+                      boxes={0: video.truth.detections[0]}, track=True, progress=False)
+    assert len(out.read_text().splitlines()) == 4  # the frames finished before the failure are kept
+    with pytest.raises(ValueError, match="expected a .mp4"):
+        predict_video(OraclePose(video.truth), video.video, out, vis=tmp_path / "w.txt", progress=False)

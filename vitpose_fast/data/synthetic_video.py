@@ -19,18 +19,20 @@ Files written by :func:`make_synthetic_video` under ``OUT``::
     OUT/keypoints.json     {frame: {id: [[x, y, v], ...]}}, COCO's 17 keypoints (v: 2 inside the frame, 0 outside)
 
 A person is in the ground truth on frames where at least half of their keypoints are inside the image; their box
-is the figure's extent (with the line width) clipped to the image. Deterministic for a seed.
+is the figure's extent (with the line width) clipped to the image. Deterministic for a seed. Run as
+``python -m vitpose_fast.data.synthetic_video --out DIR [--frames N] [--seed S]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import configparser
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -195,3 +197,19 @@ def make_synthetic_video(out_dir: Union[str, os.PathLike], num_frames: int = 250
     kp_file.write_text(json.dumps({str(f): {str(pid): np.round(k, 2).tolist() for pid, (_, k) in p.items()}
                                    for f, p in enumerate(truth.frames)}))
     return SyntheticVideo(root, root / video_name, gt_file, boxes_file, kp_file, truth)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="Write the synthetic tracking video and its ground truth.")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--frames", type=int, default=250)
+    parser.add_argument("--size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"))
+    parser.add_argument("--fps", type=float, default=25.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    video = make_synthetic_video(args.out, args.frames, tuple(args.size), args.fps, args.seed)
+    print(f"video: {video.video}\nground truth: {video.gt_file}\nboxes: {video.boxes_file}")
+
+
+if __name__ == "__main__":
+    main()

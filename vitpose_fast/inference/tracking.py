@@ -146,13 +146,13 @@ def _xyxy_to_cxcywh(box: np.ndarray):
 
 
 class _Track:
-    def __init__(self, track_id: int, box: np.ndarray, keypoints: Optional[np.ndarray]):
+    def __init__(self, track_id: int, box: np.ndarray, keypoints: Optional[np.ndarray], score: float):
         self.id = track_id
         self.kf = _KalmanBox(box)
         self.keypoints = keypoints  # last matched keypoints [K, 3]
-        self.anchor = self.kf.box  # the box the keypoints were seen in (keypoints move with its centre)
+        self.anchor = np.array(box[:4], dtype=np.float64)  # the box the keypoints were seen in
         self.misses = 0
-        self.score = 1.0
+        self.score = score
 
     def moved_keypoints(self) -> Optional[np.ndarray]:
         """The last keypoints shifted by how far the predicted box centre has moved since they were seen."""
@@ -216,6 +216,8 @@ class PoseTracker:
             if keypoints.ndim != 3 or len(keypoints) != len(boxes):
                 raise ValueError(f"keypoints must be [N, K, 3] for the {len(boxes)} boxes, got {keypoints.shape}")
         for t in self.tracks:
+            if t.misses:  # a lost track keeps moving but stops growing or shrinking (as ByteTrack)
+                t.kf.x[6:] = 0.0
             t.kf.predict()
         ids = np.zeros(len(boxes), dtype=np.int64)
         matched_t, matched_p = [], []
@@ -236,8 +238,7 @@ class PoseTracker:
             self.tracks[ti].misses += 1
         self.tracks = [t for t in self.tracks if t.misses <= self.config.max_age]
         for pi in sorted(set(range(len(boxes))) - set(matched_p)):
-            t = _Track(self._next_id, boxes[pi], None if keypoints is None else keypoints[pi])
-            t.score = float(scores[pi])
+            t = _Track(self._next_id, boxes[pi], None if keypoints is None else keypoints[pi], float(scores[pi]))
             self._next_id += 1
             self.tracks.append(t)
             ids[pi] = t.id

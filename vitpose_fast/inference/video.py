@@ -114,15 +114,19 @@ class VideoReader:
         self.close()
 
 
+def _check_video_name(path: Union[str, os.PathLike]) -> None:
+    if Path(path).suffix.lower() not in (".mp4", ".m4v", ".mov", ".mkv", ".avi"):
+        raise ValueError(f"annotated video {os.fspath(path)!r}: expected a .mp4, .mov, .mkv or .avi file name")
+
+
 class VideoWriter:
     """Write HxWx3 uint8 RGB frames to a video file (``mp4v`` for .mp4/.mov/.mkv, ``MJPG`` for .avi)."""
 
     def __init__(self, path: Union[str, os.PathLike], fps: float, size: Tuple[int, int]):
         cv2 = _cv2()
         path = os.fspath(path)
+        _check_video_name(path)
         suffix = Path(path).suffix.lower()
-        if suffix not in (".mp4", ".m4v", ".mov", ".mkv", ".avi"):
-            raise ValueError(f"annotated video {path!r}: expected a .mp4, .mov, .mkv or .avi file name")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         fourcc = cv2.VideoWriter_fourcc(*("MJPG" if suffix == ".avi" else "mp4v"))
         self.size = size
@@ -292,6 +296,8 @@ def predict_video(
         raise ValueError("pass either per-frame boxes or a detector, not both")
     if frames_per_batch < 1:
         raise ValueError(f"frames_per_batch must be >= 1, got {frames_per_batch}")
+    if vis is not None:
+        _check_video_name(vis)  # before any frame is decoded, not on the writer thread at the first frame
     if detect_every < 1:
         raise ValueError(f"detect_every must be >= 1, got {detect_every}")
     if detect_every > 1 and detector is None and boxes is None:
