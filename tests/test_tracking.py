@@ -200,6 +200,10 @@ def test_synthetic_video_files(video):
     boxes = load_frame_boxes(video.boxes_file)
     assert sum(len(b) for b in boxes.values()) == sum(len(p) for p in video.truth.frames) - 5  # the gaps
     assert "frameRate=25" in (video.root / "seqinfo.ini").read_text()
+    bad = video.root / "bad_gt.txt"
+    bad.write_text("1,1,10,10,5,5,1,1,1\n2,x,10,10,5,5\n")
+    with pytest.raises(ValueError, match="bad_gt.txt:2: expected 'frame, id, left, top, width, height"):
+        read_mot(bad)
     kps = json.loads(video.keypoints_file.read_text())
     assert np.array(kps["0"]["1"]).shape == (17, 3)
 
@@ -323,3 +327,19 @@ def test_a_failure_on_the_writer_thread_reaches_the_caller(video, tmp_path, monk
     assert len(out.read_text().splitlines()) == 4  # the frames finished before the failure are kept
     with pytest.raises(ValueError, match="expected a .mp4"):
         predict_video(OraclePose(video.truth), video.video, out, vis=tmp_path / "w.txt", progress=False)
+
+
+def test_tracked_persons_keep_their_colour_and_show_their_id():
+    from vitpose_fast.inference.visualize import draw_poses
+
+    kps = np.concatenate([np.random.default_rng(0).uniform(40, 90, (17, 2)), np.full((17, 1), 0.9)], 1)
+    image = np.zeros((120, 120, 3), np.uint8)
+    box = [20.0, 20.0, 100.0, 110.0]
+    first = np.asarray(draw_poses(image, [{"keypoints": kps, "box": box, "track_id": 2}]))
+    # Listed second, the same track is drawn the same: its colour follows its id, not its place.
+    second = np.asarray(draw_poses(image, [{"keypoints": kps + [0, 0, -1], "box": [0, 0, 5, 5]},
+                                           {"keypoints": kps, "box": box, "track_id": 2}]))
+    np.testing.assert_array_equal(first[15:, 15:], second[15:, 15:])
+    anonymous = np.asarray(draw_poses(image, [{"keypoints": kps, "box": box}]))
+    label = (slice(22, 36), slice(22, 36))  # inside the box's top-left corner
+    assert (first[label] != anonymous[label]).any()

@@ -283,7 +283,8 @@ def predict_video(
 
     Decoding (and detection) run on a background thread, drawing and writing on another, the model on the
     caller's. With ``detect_every == 1`` crops of consecutive frames share forward batches; with ``N > 1`` each
-    frame's boxes depend on the previous frame's keypoints, so frames go through the model one at a time.
+    frame's boxes depend on the previous frame's keypoints, so frames go through the model one at a time (and a
+    batched detector gets one frame per call: ``frames_per_batch`` applies to ``detect_every == 1``).
 
     Returns ``{"frames", "persons", "seconds", "fps", "persons_per_s"}`` (wall time of the whole loop).
     """

@@ -3,7 +3,7 @@
 A 133-keypoint pose (COCO-WholeBody: ViTPose+ ``dataset_index=5`` or any whole-body model) is drawn with its
 whole-body skeleton: body and feet in the person's colour, the face's contours and both hands (wrist to
 fingertips) in their own colours with smaller joints. A person with a ``track_id`` keeps one colour through a
-video (the colour of its id, not of its place in the frame's list).
+video (the colour of its id, not of its place in the frame's list), and the id is written in its box.
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ def draw_poses(
         ok = kps[:, 2] >= kpt_thr
         if draw_boxes and person.get("box") is not None:
             draw.rectangle([float(v) for v in person["box"][:4]], outline=colour, width=width)
+            if "track_id" in person:
+                x1, y1 = (float(v) for v in person["box"][:2])
+                draw.text((x1 + width + 1, y1 + width), str(int(person["track_id"])), fill=colour)
         for a, b in links:
             if a < len(kps) and b < len(kps) and ok[a] and ok[b]:
                 style = _PART_STYLE.get(part_of[b])
