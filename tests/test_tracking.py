@@ -343,3 +343,21 @@ def test_tracked_persons_keep_their_colour_and_show_their_id():
     anonymous = np.asarray(draw_poses(image, [{"keypoints": kps, "box": box}]))
     label = (slice(22, 36), slice(22, 36))  # inside the box's top-left corner
     assert (first[label] != anonymous[label]).any()
+
+
+def test_tracking_benchmark_pipeline_rows(tmp_path):
+    pytest.importorskip("motmetrics")
+    pytest.importorskip("cv2")
+    import torch
+
+    from vitpose_fast.model.model import Model
+
+    bench = load_script("benchmarks/bench_tracking.py")
+    torch.manual_seed(0)
+    model = Model.from_config("vitpose_s", depth=1, embed_dim=32, num_heads=2, res=(64, 48),
+                              deconv_channels=(16, 16)).eval()
+    (row,) = bench.pipeline_rows(tmp_path, model, (1,), batch_size=8, flip=False, frames=40)
+    assert row["row"] == "predict_video, detect every 1"
+    assert row["frames/s"] > 0 and row["persons/s"] > 0 and row["model-only persons/s"] > 0
+    assert 0 <= row["IDF1"] <= 1 and row["GT_IDs"] == 4
+    assert (tmp_path / "vis_every1.mp4").stat().st_size > 0
