@@ -19,23 +19,22 @@ from vitpose_fast.inference.tracking import PoseTracker, TrackerConfig, box_iou
 pytest.importorskip("scipy")
 
 
-def walker(pose, height, x, y, noise, rng):
-    """Keypoints [17, 3] and box [5] of a figure with hip at (x, y)."""
-    k = pose * height + np.array([x, y])
-    k = k + rng.normal(0, noise, k.shape)
-    lo, hi = k.min(0) - 5, k.max(0) + 5
-    return np.concatenate([k, np.full((17, 1), 0.9)], 1), np.concatenate([lo, hi, [0.9]])
-
-
-def crossing_scene(gap, seed=0, frames=40, speed=4.0):
-    """Two people walking towards each other on one line, both undetected on the frames of ``gap``."""
+def crossing_scene(seed, frames=40, speed=2.5):
+    """Two walkers (limbs swinging between two random poses) crossing on one line, both undetected on the 3
+    frames where they meet; boxes around the keypoints jittered by 3 % of the height, as a detector's."""
     rng = np.random.default_rng(seed)
-    poses = {1: _pose(rng), 2: _pose(rng)}
+    poses = {1: (_pose(rng), _pose(rng)), 2: (_pose(rng), _pose(rng))}
+    cross = (frames - 1) // 2
     scene = []
     for f in range(frames):
-        people = {1: walker(poses[1], 100, 40 + speed * f, 120, 1.0, rng),
-                  2: walker(poses[2], 95, 40 + speed * (frames - 1) - speed * f, 122, 1.0, rng)}
-        scene.append({} if f in gap else people)
+        people = {}
+        for pid, x, h, period in ((1, 60 + speed * f, 100, 14), (2, 60 + speed * (frames - 1 - f), 95, 17)):
+            a, b = poses[pid]
+            k = (a + (b - a) * (0.5 - 0.5 * np.cos(2 * np.pi * f / period))) * h + [x, 120]
+            k = k + rng.normal(0, 1.0, k.shape)
+            box = np.concatenate([k.min(0) - 5, k.max(0) + 5]) + rng.normal(0, 0.03 * h, 4)
+            people[pid] = (np.concatenate([k, np.full((17, 1), 0.9)], 1), np.concatenate([box, [0.9]]))
+        scene.append({} if cross - 1 <= f <= cross + 1 else people)
     return scene
 
 
@@ -58,16 +57,18 @@ def ids_of(tracks, person):
 
 
 def test_ids_stable_through_a_crossing_with_a_3_frame_gap_in_shuffled_order():
-    frames = 40
-    cross = (frames - 1) // 2  # the walkers meet between frames 19 and 20
-    scene = crossing_scene(gap=(cross - 1, cross, cross + 1), frames=frames)
-    first = {f: p for f, p in enumerate(scene) if p}
-    ious = [box_iou(p[1][1][None, :4], p[2][1][None, :4])[0, 0] for p in first.values()]
-    assert max(ious) > 0.5  # the boxes overlap heavily on both sides of the gap
-    tracks = track_scene(scene, PoseTracker(TrackerConfig(), COCO.sigmas))
-    one, two = ids_of(tracks, 1), ids_of(tracks, 2)
-    assert len(one) == 1 and len(two) == 1 and one != two
-    assert all(not tracks[f] for f in (cross - 1, cross, cross + 1))
+    swapped_by_iou = 0
+    for seed in range(12):
+        scene = crossing_scene(seed)
+        seen = [p for p in scene if p]
+        ious = [box_iou(p[1][1][None, :4], p[2][1][None, :4])[0, 0] for p in seen]
+        assert max(ious) > 0.4  # the boxes overlap heavily on both sides of the gap
+        tracks = track_scene(scene, PoseTracker(TrackerConfig(), COCO.sigmas), seed=seed)
+        one, two = ids_of(tracks, 1), ids_of(tracks, 2)
+        assert len(one) == 1 and len(two) == 1 and one != two, seed
+        iou_only = track_scene(scene, PoseTracker(TrackerConfig(iou_weight=1.0)), seed=seed)
+        swapped_by_iou += len(ids_of(iou_only, 1)) > 1
+    assert swapped_by_iou > 0  # boxes and motion alone do not settle this scene: the keypoints do
 
 
 def test_distinct_people_get_distinct_ids_and_short_gaps_keep_them():
