@@ -485,6 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames-per-batch", type=int, default=8, help="video frames per detector call")
     p.add_argument("--max-frames", type=int, default=None, help="stop a video or stream after this many frames")
     p.add_argument("--kpt-thr", type=float, default=0.3, help="minimum keypoint score drawn")
+    p.add_argument("--track", action="store_true", help="video: a track_id per person (vitpose_fast.inference.tracking)")
+    p.add_argument("--smooth", choices=("none", "one_euro"), default="none",
+                   help="video: smooth keypoints per track (one_euro: vitpose_fast.inference.smoothing)")
+    p.add_argument("--detect-every", type=int, default=1, metavar="N",
+                   help="video: detector (or boxes file) on every N-th frame, boxes from the tracks in between")
     p.add_argument("--detector", help="person detector: module:callable (image -> (boxes_xyxy, scores[, labels])) "
                    "or yolo:PATH.pt (Ultralytics, installed separately)")
     p.add_argument("--det-thr", type=float, default=0.3, help="minimum detector score (official demo: 0.3)")
