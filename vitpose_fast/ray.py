@@ -186,8 +186,9 @@ def predict_folder(paths: Sequence[str], out_dir: str, *, weights: str, workers:
         raise ValueError(f"{workers} workers x {cpus_per_worker} CPUs leave the cluster's {cpus:g} CPUs none for "
                          "reading and decoding: fewer workers or fewer CPUs per worker")
     ds = ray.data.read_binary_files(todo, include_paths=True)
-    # Decoding runs in tasks of their own, over every CPU of the node (not fused into the model's actors).
-    ds = ds.map_batches(decode_images, batch_size=rows_per_batch, num_cpus=0.5)
+    # Decoding in tasks of their own, beside the actors: resources unlike the actors' keep Ray from fusing it into
+    # them (where it would run between the model's batches instead of during them).
+    ds = ds.map_batches(decode_images, batch_size=rows_per_batch, num_cpus=0.25)
     if boxes is not None:
         table = {os.path.abspath(p): b for p, b in boxes.items()}
 
@@ -195,7 +196,7 @@ def predict_folder(paths: Sequence[str], out_dir: str, *, weights: str, workers:
             batch["boxes"] = _objects([np.asarray(table[p], dtype=np.float64) for p in batch["path"]])
             return batch
 
-        ds = ds.map_batches(add_boxes, batch_size=rows_per_batch, num_cpus=0.5)
+        ds = ds.map_batches(add_boxes, batch_size=rows_per_batch, num_cpus=0.25)
     ds = ds.map_batches(PosePredictor, fn_constructor_kwargs=dict(weights=weights, **predictor_kwargs),
                         batch_size=rows_per_batch, compute=ray.data.ActorPoolStrategy(size=workers),
                         num_gpus=gpus_per_worker, num_cpus=cpus_per_worker)

@@ -365,6 +365,8 @@ def _sharded(args) -> bool:
     if args.engine == "local" and torchrun_rank() is None:
         return False
     _check_output_dir(args.out, "--out")
+    if args.engine == "local" and args.device == "cuda":  # one GPU per rank of the node
+        args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     if args.vis:
         raise _fail("--vis is for one process (drop it with --engine ray or under torchrun)")
     return True
