@@ -185,7 +185,8 @@ def predict_folder(paths: Sequence[str], out_dir: str, *, weights: str, workers:
     if workers * cpus_per_worker > cpus - 0.5:
         raise ValueError(f"{workers} workers x {cpus_per_worker} CPUs leave the cluster's {cpus:g} CPUs none for "
                          "reading and decoding: fewer workers or fewer CPUs per worker")
-    ds = ray.data.read_binary_files(todo, include_paths=True)
+    # A block per batch of rows: Ray's default (few, large blocks for few files) would leave all but one actor idle.
+    ds = ray.data.read_binary_files(todo, include_paths=True, override_num_blocks=-(-len(todo) // rows_per_batch))
     # Decoding in tasks of their own, beside the actors: resources unlike the actors' keep Ray from fusing it into
     # them (where it would run between the model's batches instead of during them).
     ds = ds.map_batches(decode_images, batch_size=rows_per_batch, num_cpus=0.25)

@@ -11,6 +11,13 @@
     (:mod:`vitpose_fast.inference.detectors`), instead of ``--boxes``.
 ``vitpose-fast predict --weights W CLIP.mp4 [--detector SPEC | --boxes PER_FRAME.json] --out poses.jsonl [--vis out.mp4]``
     A video file, webcam index or stream URL: one JSON line per frame (:mod:`vitpose_fast.inference.video`).
+``vitpose-fast predict --weights W FOLDER... --engine ray [--address auto] --workers N --out DIR``
+``torchrun --nproc-per-node N -m vitpose_fast.cli predict --weights W FOLDER... --out DIR``
+    Past one process: Ray Data actors (:mod:`vitpose_fast.ray`) or one share of the sorted paths per torchrun
+    rank write per-image rows into ``DIR/parts/``, merged into ``DIR/results.json`` (the COCO results above);
+    a rerun skips the images already written (:mod:`vitpose_fast.inference.sharding`).
+``vitpose-fast merge DIR [--ann ANN.json]``
+    ``DIR/parts/`` -> ``DIR/results.json`` again.
 ``vitpose-fast export --onnx OUT.onnx --weights W [--res HxW] [--dataset-index I] [--check]``
     ONNX export of the plain-PyTorch path (:mod:`vitpose_fast.model.onnx_export`).
 ``vitpose-fast eval --weights W --ann ANN.json --images DIR [--dets DETS.json] [--no-flip]``
