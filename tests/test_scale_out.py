@@ -229,3 +229,27 @@ def test_sharded_output_errors(setup, tmp_path):
         _cli_predict(weights, folder, "--engine", "ray", "--out", tmp_path / "file.json")
     with pytest.raises(SystemExit, match="no parts/ folder"):
         cli.main(["merge", str(tmp_path)])
+
+
+def test_decode_images_reads_bytes_as_load_image_and_marks_bad_ones(tmp_path):
+    from PIL import Image
+
+    from vitpose_fast.inference.pipeline import load_image
+    from vitpose_fast.ray import decode_images
+
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation: rotate 90 degrees to display upright
+    Image.fromarray(np.random.randint(0, 255, (20, 30, 3), np.uint8)).save(rotated, exif=exif)
+    gray16 = tmp_path / "gray16.png"
+    Image.fromarray(np.random.randint(0, 65535, (12, 9), np.uint16)).save(gray16)
+    paths = [str(rotated), str(gray16), "broken.jpg"]
+    batch = {"bytes": np.array([rotated.read_bytes(), gray16.read_bytes(), rotated.read_bytes()[:100]], dtype=object),
+             "path": np.array(paths, dtype=object)}
+    out = decode_images(batch)
+    assert set(out) == {"path", "image", "error"}
+    for i in range(2):
+        assert out["error"][i] == ""
+        np.testing.assert_array_equal(out["image"][i], load_image(paths[i]))
+    assert out["image"][0].shape == (30, 20, 3)  # upright
+    assert "broken.jpg" in out["error"][2]
