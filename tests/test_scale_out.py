@@ -1,7 +1,8 @@
 """Inference past one process on CPU with a random-weight tiny model: Ray Data (``vitpose_fast.ray``, a local
 two-CPU cluster started once for the module) and torchrun sharding (two gloo ranks) give exactly the keypoints of
 one process, merged without a missing or duplicated image; a run killed part-way resumes without recomputing what
-it wrote; unreadable images are reported and skipped as in ``predict``."""
+it wrote; unreadable images are reported and skipped as in ``predict``. The two end-to-end CLI tests (Ray, torchrun)
+are marked slow: CI runs them with ``pytest -m slow``."""
 
 import json
 import os
@@ -108,6 +109,7 @@ def test_pose_predictor_in_map_batches_equals_model_predict(setup, cluster):
     assert sum(len(p) for p in expected) > len(images)  # several persons per image on the whole
 
 
+@pytest.mark.slow  # two Ray runs / two torchrun launches: ~30 s each on 2 busy cores
 def test_ray_engine_cli_writes_parts_merges_reports_bad_images_and_resumes(setup, cluster, tmp_path, capsys):
     root, data, folder, weights = setup
     out = tmp_path / "ray_out"
@@ -151,6 +153,7 @@ def _run(argv, nproc=None, env=None, timeout=240):
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # two Ray runs / two torchrun launches: ~30 s each on 2 busy cores
 def test_two_torchrun_ranks_equal_one_process_and_resume(setup, tmp_path, capsys):
     root, data, folder, weights = setup
     common = ["--weights", weights, "--device", "cpu", "--quiet", "--batch-size", "4", folder, "--boxes",

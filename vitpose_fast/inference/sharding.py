@@ -121,16 +121,14 @@ class ShardWriter:
 
 def _json_rows(path: Path, warn: Callable[[str], None]) -> Iterator[Dict[str, Any]]:
     with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
-    for n, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            yield json.loads(line)
-        except ValueError:
-            if n < len(lines) - 1 and any(x.strip() for x in lines[n + 1:]):
-                warn(f"{path}: line {n + 1} is not valid JSON; skipped")
-            # else: a torn last line of a killed writer; its image is simply not done
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except ValueError:
+                if line.endswith(b"\n"):  # else a torn last line of a killed writer: its image is not done
+                    warn(f"{path}: line {n} is not valid JSON; skipped")
 
 
 def _parquet_rows(path: Path, warn: Callable[[str], None]) -> Iterator[Dict[str, Any]]:
