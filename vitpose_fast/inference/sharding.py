@@ -239,6 +239,12 @@ class TorchrunShard:
             dist.all_reduce(total)  # also the barrier: every shard is complete after it
             failed = int(total)
         if self.rank == 0:
+            parts = self.writer.path.parent
+            missing = [r for r in range(self.world_size)
+                       if not (parts / f"shard-{r:05d}-of-{self.world_size:05d}.jsonl").exists()]
+            if missing:
+                warn(f"the shards of ranks {missing} are not in {parts}: with several machines, --out must be on a "
+                     "filesystem they all see (rerun there; finished images are kept)")
             summary = merge(self.out_dir, image_ids, warn)
         if self.world_size > 1:
             dist.barrier()  # no rank exits (which torchrun may answer by stopping the others) before the merge
