@@ -228,6 +228,8 @@ def test_sharded_output_errors(setup, tmp_path):
     (tmp_path / "file.json").write_text("[]")
     with pytest.raises(SystemExit, match="--vis is for one process"):
         _cli_predict(weights, folder, "--engine", "ray", "--out", tmp_path / "o", "--vis", tmp_path / "v")
+    with pytest.raises(SystemExit, match="--strict is not for --engine ray"):
+        _cli_predict(weights, folder, "--engine", "ray", "--out", tmp_path / "o", "--strict")
     with pytest.raises(SystemExit, match="exists and is not a directory"):
         _cli_predict(weights, folder, "--engine", "ray", "--out", tmp_path / "file.json")
     with pytest.raises(SystemExit, match="no parts/ folder"):

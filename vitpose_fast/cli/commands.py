@@ -376,6 +376,8 @@ def _sharded(args) -> bool:
         args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     if args.vis:
         raise _fail("--vis is for one process (drop it with --engine ray or under torchrun)")
+    if args.strict and args.engine == "ray":
+        raise _fail("--strict is not for --engine ray: its bad images are reported once the run ends")
     return True
 
 
