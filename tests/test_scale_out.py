@@ -225,13 +225,15 @@ def test_killed_run_restarts_without_recomputing(setup, tmp_path):
 
 def test_sharded_output_errors(setup, tmp_path):
     _, _, folder, weights = setup
-    (tmp_path / "file.json").write_text("[]")
-    with pytest.raises(SystemExit, match="--vis is for one process"):
+    with pytest.raises(SystemExit, match="--vis is for one process, not with --engine ray"):
         _cli_predict(weights, folder, "--engine", "ray", "--out", tmp_path / "o", "--vis", tmp_path / "v")
     with pytest.raises(SystemExit, match="--strict is not for --engine ray"):
         _cli_predict(weights, folder, "--engine", "ray", "--out", tmp_path / "o", "--strict")
-    with pytest.raises(SystemExit, match="exists and is not a directory"):
+    with pytest.raises(SystemExit, match="--out is a folder"):
         _cli_predict(weights, folder, "--engine", "ray", "--out", tmp_path / "file.json")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match="exists and is not a directory"):
+        _cli_predict(weights, folder, "--engine", "ray", "--out", tmp_path / "file")
     with pytest.raises(SystemExit, match="no parts/ folder"):
         cli.main(["merge", str(tmp_path)])
 

@@ -371,11 +371,14 @@ def _sharded(args) -> bool:
 
     if args.engine == "local" and torchrun_rank() is None:
         return False
+    where = "with --engine ray" if args.engine == "ray" else "under torchrun"
+    if Path(args.out).suffix == ".json" and not Path(args.out).is_dir():
+        raise _fail(f"--out {args.out}: {where} --out is a folder (parts/ and results.json go in it)")
     _check_output_dir(args.out, "--out")
     if args.engine == "local" and args.device == "cuda":  # one GPU per rank of the node
         args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     if args.vis:
-        raise _fail("--vis is for one process (drop it with --engine ray or under torchrun)")
+        raise _fail(f"--vis is for one process, not {where}")
     if args.strict and args.engine == "ray":
         raise _fail("--strict is not for --engine ray: its bad images are reported once the run ends")
     return True
