@@ -37,6 +37,7 @@ setup(
             "onnxscript",
             "onnxruntime",
             "motmetrics",  # tracking metrics (IDF1, MOTA, id switches) of the tracking benchmark and its test
+            "ray[data]>=2.40",  # vitpose_fast.ray and `predict --engine ray`
         ],
         "gpu": ["xformers"],
         # Optional features for users: each is imported only when used.
@@ -46,6 +47,7 @@ setup(
         # replace opencv-python-headless's cv2 and needs libGL; install it with `pip install --no-deps trackeval`.
         "video": ["opencv-python-headless", "scipy", "motmetrics"],
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
+        "ray": ["ray[data]>=2.40"],
     },
     entry_points={"console_scripts": ["vitpose-fast=vitpose_fast.cli:main"]},
 )
