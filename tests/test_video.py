@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitpose_fast.cli import commands as cli
+from vitpose_fast import cli
 from vitpose_fast.data.synthetic import make_synthetic_coco
 from vitpose_fast.model.model import Model
 from vitpose_fast.inference.video import VideoReader, is_video_source, load_frame_boxes, predict_video

@@ -48,7 +48,8 @@ def _torch_load(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign pickles
         raise CheckpointError(
-            f"cannot read checkpoint {str(path)!r} with torch.load(weights_only=True): {e}. Expected an official "
+            f"cannot read checkpoint {str(path)!r} with torch.load(weights_only=True): "
+            f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}. Expected an official "
             "mmpose .pth, a vitpose_fast checkpoint or a state dict saved with torch.save (a truncated download "
             "or a pickled foreign object fails here)"
         ) from e
@@ -448,6 +449,23 @@ def load_model(cls, src, backend: str = "auto", strict: bool = True, **overrides
     model = cls(config, backend=backend)
     load_into(model, sd, strict=strict, source_grid=source_grid)
     return model.eval()  # as transformers' from_pretrained: inference mode until .train()
+
+
+def load_pretrained(src, preset: Optional[str] = None, backend: str = "auto", **overrides):
+    """A :class:`vitpose_fast.Model` in eval mode: ``Model.from_pretrained(src)``, or with ``preset`` that preset
+    built (with ``overrides``) and ``src`` loaded into it strictly (a mismatch raises :class:`CheckpointError`
+    naming the preset)."""
+    from vitpose_fast.model.model import Model
+
+    if preset is None:
+        return Model.from_pretrained(src, backend=backend, **overrides)
+    model = Model.from_config(preset, backend=backend, **overrides)
+    try:
+        load_into(model, read_checkpoint(src)[0])
+    except CheckpointError as e:
+        raise CheckpointError(f"{src} does not fit the {preset} preset ({e}); drop the preset to infer the "
+                              "model from the weights") from e
+    return model.eval()
 
 
 # ------------------------------------------------------------------------------------------------ writing
