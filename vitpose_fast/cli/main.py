@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from vitpose_fast.cli import eval as eval_cmd
 from vitpose_fast.cli import export, predict, train
@@ -19,8 +19,15 @@ COMMANDS = (predict, eval_cmd, export, train)
 TRACEBACK_ENV = "VITPOSE_FAST_TRACEBACK"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Option mistakes as one line (argparse prints the usage first); ``--help`` still shows it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="ViTPose top-down inference, evaluation, export and "
+    parser = _Parser(prog=PROG, description="ViTPose top-down inference, evaluation, export and "
                                                              "training")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:

@@ -176,9 +176,10 @@ def run(args) -> int:
         detector = load_detector(args.detector, device=args.device)
         per_image, total = [None] * len(paths), None  # persons: known once detected
     else:
-        warn("no --boxes given: each image is one person whose box is the whole image")
         per_image, total = [None] * len(paths), len(paths)
     model = common.load_model(args)
+    if not args.boxes and not args.detector:
+        warn("no --boxes given: each image is one person whose box is the whole image")
     info, k = common.resolve_dataset(model, args)
     common.fail_unknown_keypoints(info, k, args)
     common.prepare(model, args, "predict")
