@@ -52,17 +52,6 @@ def check_output_dir(path: str, flag: str) -> None:
         raise CliError(f"{flag} {path}: {parent} is not a writable directory")
 
 
-def parse_res(value: str):
-    """``HxW`` (``256x192``) -> (H, W); an argparse type."""
-    try:
-        h, w = (int(v) for v in value.lower().split("x"))
-        if h < 1 or w < 1:
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 256x192), got {value!r}") from None
-    return h, w
-
-
 def non_negative_int(value: str) -> int:
     try:
         n = int(value)

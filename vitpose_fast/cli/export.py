@@ -7,13 +7,14 @@ Runtime with PyTorch.
 from __future__ import annotations
 
 from vitpose_fast.cli import common
+from vitpose_fast.config import parse_res
 
 
 def add_parser(sub) -> None:
     x = sub.add_parser("export", parents=[common.weights_options()],
                        help="export the model to ONNX (plain-PyTorch path, dynamic batch)")
     x.add_argument("--onnx", required=True, help="output .onnx file")
-    x.add_argument("--res", type=common.parse_res, help="input HxW (e.g. 384x288; the position embedding is resized)")
+    x.add_argument("--res", type=parse_res, help="input HxW (e.g. 384x288; the position embedding is resized)")
     x.add_argument("--dataset-index", type=common.non_negative_int, default=None,
                    help="ViTPose+: the dataset fixed in the graph")
     x.add_argument("--batch", type=common.positive_int, default=None, help="fixed batch size (default: dynamic)")

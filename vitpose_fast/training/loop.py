@@ -150,7 +150,14 @@ class TrainStep:
         self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
         self.grad_clip, self.world, self.multi = grad_clip, world, multi
         self.num_datasets, self.loss_weights, self.gpu_crop_size = num_datasets, loss_weights, gpu_crop_size
-        self.params = [p for p in ddp_model.parameters() if p.requires_grad]
+        self._params: Optional[List[torch.Tensor]] = None
+
+    @property
+    def params(self) -> List[torch.Tensor]:
+        # Listed at the first step, not here: loading a sharded checkpoint may replace the parameters.
+        if self._params is None:
+            self._params = [p for p in self.model.parameters() if p.requires_grad]
+        return self._params
 
     def __call__(self, batch: Dict[str, Any]) -> StepResult:
         from vitpose_fast.data.coco import gpu_crop_batch
