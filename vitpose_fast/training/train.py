@@ -369,21 +369,9 @@ def estimate_memory_report(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ training
-def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    """Train; returns a summary (``step``, ``epochs_done``, ``best_ap``, ``last_eval``, ``images_per_s``)."""
-    args = parse_args(argv)
-    if args.estimate_memory:
-        return estimate_memory_report(args)
-    rank, world, device = init_distributed(args.device)
-    is_main = rank == 0
-    if args.fsdp and args.amp == "fp16":
-        raise ValueError("--fsdp trains with --amp bf16 or none (fp16 would need a grad scaler that agrees across "
-                         "shards); use --amp bf16")
-
-    def log(msg: str) -> None:
-        if is_main:
-            print(msg, flush=True)
-
+def training_data(args: argparse.Namespace):
+    """(preset with the run's overrides, multi-dataset sources or None, per-head loss weights or None, the
+    single set's paths, whether there are val files)."""
     pre = resolve_preset(args)
     sources: Optional[List[DatasetSource]] = None  # multi-dataset run
     loss_weights: Optional[Dict[int, float]] = None
@@ -405,22 +393,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 raise ValueError(f"--{flag.replace('_', '-')} needs --datasets (multi-dataset training)")
         paths = data_paths(args, need_train=not args.eval_only)
         has_val = paths["val_ann"] is not None
-    seed_everything(args.seed + rank, args.deterministic)  # drop-path masks differ per rank, as per-GPU seeds do
-    args.out.mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLog(args.out / "metrics.jsonl", is_main)
+    return pre, sources, loss_weights, paths, has_val
 
-    model = build_model(pre, args, log).to(device)
-    if args.eval_only:
-        if not has_val:
-            raise FileNotFoundError("--eval-only needs the val annotations and images (--data-root or --val-ann, "
-                                    "or val files in --datasets)")
-        if sources is not None:
-            stats = evaluate_sets(model, pre, sources, rank, world, args.max_val_images, args.out, log)
-        else:
-            stats = evaluate(model, pre, paths, rank, world, args.max_val_images, args.out)
-        log(json.dumps({"eval": stats}))
-        return {"last_eval": stats}
 
+def train_loader(pre: TrainPreset, args: argparse.Namespace, sources: Optional[List[DatasetSource]],
+                 paths: Dict[str, Optional[Path]], rank: int, world: int, device: torch.device, log):
+    """(train set, its sampler (this rank's share of each global batch), the DataLoader)."""
     in_h, in_w = pre.model.backbone.img_size
     hm_h, hm_w = pre.model.heatmap_size
     if sources is not None:
@@ -451,6 +429,43 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         # torch RNG (drop path), or a resumed run would diverge from an uninterrupted one.
         generator=torch.Generator().manual_seed(args.seed),
     )
+    return train_set, sampler, loader
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Train; returns a summary (``step``, ``epochs_done``, ``best_ap``, ``last_eval``, ``images_per_s``)."""
+    args = parse_args(argv)
+    if args.estimate_memory:
+        return estimate_memory_report(args)
+    rank, world, device = init_distributed(args.device)
+    is_main = rank == 0
+    if args.fsdp and args.amp == "fp16":
+        raise ValueError("--fsdp trains with --amp bf16 or none (fp16 would need a grad scaler that agrees across "
+                         "shards); use --amp bf16")
+
+    def log(msg: str) -> None:
+        if is_main:
+            print(msg, flush=True)
+
+    pre, sources, loss_weights, paths, has_val = training_data(args)
+    seed_everything(args.seed + rank, args.deterministic)  # drop-path masks differ per rank, as per-GPU seeds do
+    args.out.mkdir(parents=True, exist_ok=True)
+    metrics = MetricsLog(args.out / "metrics.jsonl", is_main)
+
+    model = build_model(pre, args, log).to(device)
+    if args.eval_only:
+        if not has_val:
+            raise FileNotFoundError("--eval-only needs the val annotations and images (--data-root or --val-ann, "
+                                    "or val files in --datasets)")
+        if sources is not None:
+            stats = evaluate_sets(model, pre, sources, rank, world, args.max_val_images, args.out, log)
+        else:
+            stats = evaluate(model, pre, paths, rank, world, args.max_val_images, args.out)
+        log(json.dumps({"eval": stats}))
+        return {"last_eval": stats}
+
+    in_h, in_w = pre.model.backbone.img_size
+    train_set, sampler, loader = train_loader(pre, args, sources, paths, rank, world, device, log)
     iters_per_epoch = sampler.num_batches
 
     own_group = args.fsdp and not dist.is_initialized()  # FSDP in one plain process: a group of one, ours
