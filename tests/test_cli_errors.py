@@ -222,6 +222,16 @@ def test_train_mistakes_are_one_line_from_rank_0(tmp_path, monkeypatch, capsys, 
             assert code == 1  # the other ranks leave quietly: one message per job
 
 
+def test_train_command_runs_the_training_script(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--preset", "tiny_synthetic", "--device", "cpu", "--data-root", str(tmp_path / "nope")])
+    assert info.value.code == f"vitpose-fast: train: --data-root {tmp_path / 'nope'}: no such folder (expected the " \
+        "COCO layout: annotations/, train2017/, val2017/)"
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--preset", "no_such_preset"])
+    assert info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
 def test_console_script_prints_one_line(tiny, tmp_path):
     # The real process: stderr holds exactly one line, the exit status is 1.
     _, weights, images = tiny
