@@ -20,7 +20,7 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp8")
 
 
 class CliError(Exception):
-    """A user mistake: :func:`vitpose_fast.cli.main` prints it as one line on stderr and exits with status 2."""
+    """A user mistake: :func:`vitpose_fast.cli.main` prints it as one line on stderr and exits with status 1."""
 
 
 def warn(msg: str) -> None:

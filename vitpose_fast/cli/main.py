@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Optional, Sequence
 
 from vitpose_fast.cli import eval as eval_cmd
@@ -70,12 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as e:
         raise SystemExit(f"{PROG}: unexpected {type(e).__name__}: {_one_line(e)} (set {TRACEBACK_ENV}=1 for the "
                          "traceback, and please report it)") from None
-    except SystemExit as e:
+    except SystemExit as e:  # a message of a script the CLI runs (train): one line, under our name
         if isinstance(e.code, str):
-            raise SystemExit(f"{PROG}: {_one_line(e)}" if not e.code.startswith(PROG) else " ".join(e.code.split()))
+            raise SystemExit(f"{PROG}: {_one_line(e)}") from None
         raise
-
-
-def run() -> None:
-    """The console script: ``vitpose-fast`` and ``python -m vitpose_fast.cli``."""
-    sys.exit(main())
