@@ -61,12 +61,11 @@ def run(args) -> int:
             warn(msg + "; ignored")
         report_matching(dets, [], len(image_ids), sum(not len(b) for b in boxes), args.dets)
     paths = [Path(args.images) / n for n in names]
-    model = common.load_model(args)
+    model = common.inference_model(args, "eval")
     info, k = common.resolve_dataset(model, args)
     if info is None or info.sigmas is None:
         raise CliError(f"COCOeval needs OKS sigmas for the head's {k} keypoints: pass --dataset NAME "
                        f"({', '.join(sorted(n for n, d in DATASETS.items() if d.sigmas))})")
-    common.prepare(model, args, "eval")
     in_h, in_w = model.config.backbone.img_size
     persons = EvalPersons()
     failed: List[str] = []

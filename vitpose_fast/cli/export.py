@@ -24,12 +24,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from vitpose_fast.model.checkpoint import load_pretrained
     from vitpose_fast.model.onnx_export import check_onnx, export_onnx
 
     common.check_output_file(args.onnx, "--onnx")
     overrides = {"res": args.res} if args.res else {}
-    model = load_pretrained(args.weights, preset=args.model, **overrides)
+    model = common.load_model(args, "fp32", **overrides)
     path = export_onnx(model.float(), args.onnx, batch=args.batch, opset=args.opset, dataset_index=args.dataset_index)
     h, w = model.config.backbone.img_size
     batch = "dynamic batch" if args.batch is None else f"batch {args.batch}"

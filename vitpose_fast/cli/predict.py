@@ -177,12 +177,11 @@ def run(args) -> int:
         per_image, total = [None] * len(paths), None  # persons: known once detected
     else:
         per_image, total = [None] * len(paths), len(paths)
-    model = common.load_model(args)
+    model = common.inference_model(args, "predict")
     if not args.boxes and not args.detector:
         warn("no --boxes given: each image is one person whose box is the whole image")
     info, k = common.resolve_dataset(model, args)
     common.fail_unknown_keypoints(info, k, args)
-    common.prepare(model, args, "predict")
     skeleton = info.skeleton if info is not None else ()
     pngs = vis_names(paths) if args.vis else None
     items = ((str(p), b, i) for i, (p, b) in enumerate(zip(paths, per_image)))

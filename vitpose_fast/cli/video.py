@@ -27,10 +27,9 @@ def run(args) -> int:
     except (OSError, ValueError) as e:
         raise CliError(f"--boxes: {e}") from None
     detector = load_detector(args.detector, device=args.device) if args.detector else None
-    model = common.load_model(args)
+    model = common.inference_model(args, "video")
     info, k = common.resolve_dataset(model, args)
     common.fail_unknown_keypoints(info, k, args)
-    common.prepare(model, args, "video")
     stats = predict_video(
         model, args.images[0], args.out, vis=args.vis, detector=detector, boxes=frame_boxes,
         det_thr=args.det_thr, det_classes=args.det_classes, box_thr=args.box_thr,

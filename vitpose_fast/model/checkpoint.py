@@ -451,23 +451,6 @@ def load_model(cls, src, backend: str = "auto", strict: bool = True, **overrides
     return model.eval()  # as transformers' from_pretrained: inference mode until .train()
 
 
-def load_pretrained(src, preset: Optional[str] = None, backend: str = "auto", **overrides):
-    """A :class:`vitpose_fast.Model` in eval mode: ``Model.from_pretrained(src)``, or with ``preset`` that preset
-    built (with ``overrides``) and ``src`` loaded into it strictly (a mismatch raises :class:`CheckpointError`
-    naming the preset)."""
-    from vitpose_fast.model.model import Model
-
-    if preset is None:
-        return Model.from_pretrained(src, backend=backend, **overrides)
-    model = Model.from_config(preset, backend=backend, **overrides)
-    try:
-        load_into(model, read_checkpoint(src)[0])
-    except CheckpointError as e:
-        raise CheckpointError(f"{src} does not fit the {preset} preset ({e}); drop the preset to infer the "
-                              "model from the weights") from e
-    return model.eval()
-
-
 # ------------------------------------------------------------------------------------------------ writing
 def _atomic_save(obj, path) -> None:
     path = Path(path)

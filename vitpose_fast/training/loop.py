@@ -17,7 +17,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from vitpose_fast.model.model import Model
 from vitpose_fast.training.core import (
     MultiHeadModel,
     SavePolicy,
@@ -77,7 +76,7 @@ def all_gather(obj: Any, world: int) -> List[Any]:
     return out
 
 
-def unwrap(model: nn.Module) -> Model:
+def unwrap(model: nn.Module) -> nn.Module:
     """The plain Model inside DDP / FSDP / :class:`MultiHeadModel` wrappers."""
     while hasattr(model, "module"):
         model = model.module
