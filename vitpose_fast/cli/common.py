@@ -139,7 +139,10 @@ def load_model(args, precision: Optional[str] = None, **overrides):
     """The model of ``--weights``/``--model`` (built with ``overrides``) on ``--device`` in eval mode, at
     ``precision`` (a resolved one, or None: as loaded). An FP8 request on a GPU without FP8 fails before the
     weights are read."""
-    from vitpose_fast import Model
+    try:
+        from vitpose_fast.inference.model import Model
+    except ImportError:  # TODO(shim): the users' Model class until it moves to the inference layer
+        from vitpose_fast.model.model import Model
 
     device = check_device(getattr(args, "device", "cpu"))
     if precision == "fp8":
