@@ -9,7 +9,7 @@ from PIL import Image
 
 from vitpose_fast import cli
 from vitpose_fast.data.synthetic import make_synthetic_coco
-from vitpose_fast.model.model import Model
+from vitpose_fast import Model
 
 
 @pytest.fixture(scope="module")
@@ -294,3 +294,36 @@ def test_precision_fp8_on_an_old_gpu_says_so(setup, monkeypatch):
     with pytest.raises(SystemExit, match=r"--precision fp8: NVIDIA A100 is sm_80.*--precision bf16"):
         cli.main(["predict", "--weights", str(weights), "--device", "cuda", "--precision", "fp8",
                   str(data.image_dirs["val2017"]), "--out", "unused.json"])
+
+
+def test_images_and_video_run_through_the_optimized_model(setup, tmp_path, monkeypatch):
+    # One inference path: an image folder and a video both go through Model.optimize + Model.predict_iter.
+    import functools
+
+    cv2 = pytest.importorskip("cv2")
+    from vitpose_fast.inference import pipeline
+
+    _, data, weights = setup
+    calls = []
+    real_optimize, real_iter = Model.optimize, pipeline.predict_iter
+
+    @functools.wraps(real_optimize)
+    def optimize(self, *a, **k):
+        calls.append("optimize")
+        return real_optimize(self, *a, **k)
+
+    def predict_iter(model, *a, **k):
+        calls.append(("predict_iter", model._optimized is not None))
+        return real_iter(model, *a, **k)
+
+    monkeypatch.setattr(Model, "optimize", optimize)
+    monkeypatch.setattr(pipeline, "predict_iter", predict_iter)
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (48, 40))
+    for i in range(2):
+        writer.write(np.full((40, 48, 3), 60 * i, np.uint8))
+    writer.release()
+    common = ["--weights", str(weights), "--device", "cpu", "--quiet", "--no-flip"]
+    assert cli.main(["predict", *common, str(data.image_dirs["val2017"]), "--out", str(tmp_path / "o.json")]) == 0
+    assert cli.main(["predict", *common, str(clip), "--out", str(tmp_path / "o.jsonl")]) == 0
+    assert calls == ["optimize", ("predict_iter", True)] * 2
