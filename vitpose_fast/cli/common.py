@@ -27,11 +27,11 @@ def warn(msg: str) -> None:
     print(f"{PROG}: {msg}", file=sys.stderr)
 
 
-def check_output_file(path: str, flag: str) -> None:
+def check_output_file(path: str, flag: str, example: str = "preds.json") -> None:
     """Fail now (before loading anything) when ``path`` cannot be written as a file."""
     p = Path(path)
     if p.is_dir():
-        raise CliError(f"{flag} {path} is a directory; expected a file name such as {p / 'preds.json'}")
+        raise CliError(f"{flag} {path} is a directory; expected a file name such as {p / example}")
     parent = p.parent
     while not parent.exists():
         parent = parent.parent

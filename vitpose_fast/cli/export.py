@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from vitpose_fast.model.onnx_export import check_onnx, export_onnx
 
-    common.check_output_file(args.onnx, "--onnx")
+    common.check_output_file(args.onnx, "--onnx", "vitpose.onnx")
     overrides = {"res": args.res} if args.res else {}
     model = common.load_model(args, "fp32", **overrides)
     path = export_onnx(model.float(), args.onnx, batch=args.batch, opset=args.opset, dataset_index=args.dataset_index)

@@ -19,9 +19,9 @@ def run(args) -> int:
         raise CliError("pass either --boxes or --detector, not both")
     if args.ann:
         raise CliError("--ann gives image ids to image files; a video's frames are numbered (drop --ann)")
-    common.check_output_file(args.out, "--out")
+    common.check_output_file(args.out, "--out", "poses.jsonl")
     if args.vis:
-        common.check_output_file(args.vis, "--vis")
+        common.check_output_file(args.vis, "--vis", "out.mp4")
     try:
         frame_boxes = load_frame_boxes(args.boxes) if args.boxes else None
     except (OSError, ValueError) as e:
