@@ -140,6 +140,16 @@ def test_device_and_outputs(tiny, tmp_path, capsys, monkeypatch):
     _fails(["export", "--weights", weights, "--onnx", blocker / "m.onnx"], r"cannot create a file there", capsys)
 
 
+def test_eval_with_a_file_that_is_not_annotations(tiny, tmp_path, capsys):
+    pytest.importorskip("pycocotools")
+    _, weights, images = tiny
+    (tmp_path / "dets.json").write_text(json.dumps([{"image_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}]))
+    _fails(["eval", "--weights", weights, "--device", "cpu", "--ann", tmp_path / "dets.json", "--images", images],
+           r"--ann .*dets.json: not a COCO keypoints annotation file", capsys)
+    _fails(["eval", "--weights", weights, "--device", "cpu", "--ann", tmp_path / "none.json", "--images", images],
+           r"none.json.* does not exist", capsys)
+
+
 def _clip(path, frames=3):
     cv2 = pytest.importorskip("cv2")
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (48, 40))

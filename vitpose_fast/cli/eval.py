@@ -40,7 +40,7 @@ def run(args) -> int:
         raise CliError(f"--images {args.images}: no such folder")
     try:
         coco = load_coco(args.ann)
-    except (KeyError, TypeError, ValueError) as e:
+    except (AssertionError, KeyError, TypeError, ValueError) as e:  # pycocotools asserts the layout
         raise CliError(f"--ann {args.ann}: not a COCO keypoints annotation file ({type(e).__name__}: {e})") from None
     image_ids = sorted(coco.getImgIds())
     names = [coco.loadImgs(i)[0]["file_name"] for i in image_ids]
