@@ -177,6 +177,8 @@ def test_detector_module_in_the_working_directory(tiny, tmp_path, monkeypatch):
         "def detect(image):\n"
         "    return np.array([[2.0, 3.0, 30.0, 40.0]]), np.array([0.8])\n")
     monkeypatch.chdir(tmp_path)
+    # As the console script: no "" (the working directory) on sys.path, which `python -m pytest` adds.
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
     monkeypatch.delitem(sys.modules, "my_dets_here", raising=False)
     assert cli.main([str(a) for a in _predict(weights, images, "--detector", "my_dets_here:detect", "--no-flip",
                                               "--out", tmp_path / "o.json")]) == 0
