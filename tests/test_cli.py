@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vitpose_fast.cli import commands as cli
+from vitpose_fast import cli
 from vitpose_fast.data.synthetic import make_synthetic_coco
-from vitpose_fast.model.model import Model
+from vitpose_fast import Model
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def test_unreadable_images_are_skipped_reported_or_fatal(setup, tmp_path, capsys
     out = tmp_path / "o.json"
     assert _predict(weights, folder, "--out", out) == 1
     err = capsys.readouterr().err
-    assert "000000000777.jpg" in err and "1 of 4 images could not be read" in err
+    assert "000000000777.jpg" in err and "1 of 4 images failed" in err
     assert len(json.loads(out.read_text())) == 3
     with pytest.raises(SystemExit, match="000000000777.jpg.*--strict"):
         _predict(weights, folder, "--out", out, "--strict")
@@ -180,7 +180,9 @@ def test_output_paths_checked_before_any_work(tmp_path):
 
 def test_interrupted_predict_keeps_finished_images(setup, tmp_path, monkeypatch):
     _, data, weights = setup
-    real = cli._coco_records
+    from vitpose_fast.inference import results
+
+    real = results.coco_records
     calls = []
 
     def records_then_killed(*a):
@@ -189,7 +191,7 @@ def test_interrupted_predict_keeps_finished_images(setup, tmp_path, monkeypatch)
             raise KeyboardInterrupt  # as a Ctrl-C (or a kill) during the third image
         return real(*a)
 
-    monkeypatch.setattr(cli, "_coco_records", records_then_killed)
+    monkeypatch.setattr(results, "coco_records", records_then_killed)
     out = tmp_path / "o.json"
     with pytest.raises(KeyboardInterrupt):
         _predict(weights, data.image_dirs["val2017"], "--boxes", data.det_file, "--out", out)
@@ -215,7 +217,7 @@ def test_killed_predict_keeps_finished_images(setup, tmp_path):
     for i in range(400):  # long enough that the kill lands mid-run
         shutil.copy(src, folder / f"{i + 1:04d}.jpg")
     out = tmp_path / "o.json"
-    code = "import sys; from vitpose_fast.cli.commands import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from vitpose_fast.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, "predict", "--weights", str(weights), "--device", "cpu",
                              "--quiet", "--batch-size", "2", str(folder), "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -285,8 +287,43 @@ def test_precision_fp8_predict_and_eval(setup, capsys):
 
 def test_precision_fp8_on_an_old_gpu_says_so(setup, monkeypatch):
     _, data, weights = setup
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
     with pytest.raises(SystemExit, match=r"--precision fp8: NVIDIA A100 is sm_80.*--precision bf16"):
         cli.main(["predict", "--weights", str(weights), "--device", "cuda", "--precision", "fp8",
                   str(data.image_dirs["val2017"]), "--out", "unused.json"])
+
+
+def test_images_and_video_run_through_the_optimized_model(setup, tmp_path, monkeypatch):
+    # One inference path: an image folder and a video both go through Model.optimize + Model.predict_iter.
+    import functools
+
+    cv2 = pytest.importorskip("cv2")
+    from vitpose_fast.inference import pipeline
+
+    _, data, weights = setup
+    calls = []
+    real_optimize, real_iter = Model.optimize, pipeline.predict_iter
+
+    @functools.wraps(real_optimize)
+    def optimize(self, *a, **k):
+        calls.append("optimize")
+        return real_optimize(self, *a, **k)
+
+    def predict_iter(model, *a, **k):
+        calls.append(("predict_iter", model._optimized is not None))
+        return real_iter(model, *a, **k)
+
+    monkeypatch.setattr(Model, "optimize", optimize)
+    monkeypatch.setattr(pipeline, "predict_iter", predict_iter)
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (48, 40))
+    for i in range(2):
+        writer.write(np.full((40, 48, 3), 60 * i, np.uint8))
+    writer.release()
+    common = ["--weights", str(weights), "--device", "cpu", "--quiet", "--no-flip"]
+    assert cli.main(["predict", *common, str(data.image_dirs["val2017"]), "--out", str(tmp_path / "o.json")]) == 0
+    assert cli.main(["predict", *common, str(clip), "--out", str(tmp_path / "o.jsonl")]) == 0
+    assert calls == ["optimize", ("predict_iter", True)] * 2

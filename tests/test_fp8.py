@@ -260,7 +260,7 @@ def test_fp8_error_is_a_few_times_bf16_error_on_a_random_model():
 
 
 def test_precisions_list_is_what_the_cli_offers():
-    from vitpose_fast.cli.commands import build_parser
+    from vitpose_fast.cli import build_parser
 
     args = build_parser().parse_args(["eval", "--weights", "w", "--ann", "a", "--images", "i", "--precision", "fp8"])
     assert args.precision == "fp8" and fp8_mod.PRECISIONS == ("fp32", "bf16", "fp8")

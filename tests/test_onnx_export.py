@@ -1,12 +1,13 @@
 """ONNX export checked with ONNX Runtime on CPU: fp32 parity for batch 1 and 3, both decoders, ViTPose+."""
 
 import sys
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from vitpose_fast.cli import commands as cli
+from vitpose_fast import cli
 from vitpose_fast.model.model import Model
 from vitpose_fast.model.onnx_export import OnnxExportError, check_onnx
 
@@ -49,9 +50,12 @@ def test_cli_export_vitpose_plus_classic_with_res_and_dataset(tmp_path, capsys):
     weights = tmp_path / "plus.pth"
     model.save(weights)
     out = tmp_path / "plus.onnx"
-    rc = cli.main(["export", "--onnx", str(out), "--weights", str(weights), "--res", "80x64",
-                   "--dataset-index", "1", "--check"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = cli.main(["export", "--onnx", str(out), "--weights", str(weights), "--res", "80x64",
+                       "--dataset-index", "1", "--check"])
     assert rc == 0
+    assert not [w for w in caught if "training mode" in str(w.message)]  # the exported wrapper is in eval mode
     text = capsys.readouterr().out
     assert "batch 1:" in text and "batch 3:" in text
     loaded = Model.from_pretrained(weights, res=(80, 64))  # what the CLI exported (pos_embed resized)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitpose_fast.cli import commands as cli
+from vitpose_fast import cli
 from vitpose_fast.data.synthetic import make_synthetic_coco
 from vitpose_fast.model.model import Model
 from vitpose_fast.inference.video import VideoReader, is_video_source, load_frame_boxes, predict_video
@@ -188,6 +188,10 @@ def test_cli_video_tracking_smoothing_and_detect_every(clip, tmp_path, monkeypat
         ids = [p["track_id"] for p in d["persons"]]
         assert len(ids) == len(set(ids)) and all(isinstance(i, int) and i >= 1 for i in ids)
     assert sorted(p["track_id"] for p in lines[0]["persons"]) == [1, 2]
-    with pytest.raises(SystemExit, match="detect_every"):
+    with pytest.raises(SystemExit, match="detect_every"):  # the library's check: needs a detector or boxes
+        cli.main(["predict", str(path), "--weights", str(weights), "--device", "cpu", "--quiet",
+                  "--detect-every", "2", "--out", str(out)])
+    with pytest.raises(SystemExit):  # the option's own check, one line
         cli.main(["predict", str(path), "--weights", str(weights), "--device", "cpu", "--quiet",
                   "--detect-every", "0", "--out", str(out)])
+    assert "--detect-every: must be >= 1, got 0" in capsys.readouterr().err

@@ -7,6 +7,7 @@ registry and no string-built config. Presets are plain functions of the official
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal, Sequence, Tuple, Union
@@ -299,3 +300,14 @@ TABLE5_ROWS = {
     "full_window_8x8": dict(name="full_window", window=(8, 8)),
     "window_shift_pool_16x12": dict(name="window_shift_pool", window=(16, 12)),
 }
+
+
+def parse_res(text: str) -> Tuple[int, int]:
+    """``"256x192"`` -> (256, 192): an input resolution HxW as the command lines take it (an argparse type)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        if h < 1 or w < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 256x192), got {text!r}") from None
+    return h, w

@@ -1,5 +1,5 @@
-"""The ``vitpose-fast`` command line (``python -m vitpose_fast.cli`` too)."""
+"""The ``vitpose-fast`` command line (``python -m vitpose_fast.cli`` too): one module per command."""
 
-from vitpose_fast.cli.commands import main
+from vitpose_fast.cli.main import build_parser, main
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]

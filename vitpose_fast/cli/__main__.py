@@ -1,5 +1,5 @@
 import sys
 
-from vitpose_fast.cli.commands import main
+from vitpose_fast.cli.main import main
 
 sys.exit(main())

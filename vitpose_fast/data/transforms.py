@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import torch
 
-from vitpose_fast.data.crop import IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, get_affine_transform
+from vitpose_fast.data.crop import IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, box_to_center_scale, get_affine_transform
 
 __all__ = [
     "AugmentConfig",
@@ -85,12 +85,8 @@ def xywh_to_center_scale(
     center = np.array([x + w * 0.5, y + h * 0.5], dtype=np.float32)
     if rng is not None and rng.random() < jitter_prob:
         center += (0.4 * (rng.random(2) - 0.5) * [w, h]).astype(np.float32)
-    if w > aspect_ratio * h:
-        h = w * 1.0 / aspect_ratio
-    elif w < aspect_ratio * h:
-        w = h * aspect_ratio
-    scale = np.array([w / PIXEL_STD, h / PIXEL_STD], dtype=np.float32) * padding
-    return center, scale
+    _, scale = box_to_center_scale(torch.tensor([[x, y, w, h]], dtype=torch.float64), aspect_ratio, padding)
+    return center, scale[0].numpy().astype(np.float32)
 
 
 def fliplr_joints(

@@ -14,6 +14,7 @@ Ultralytics YOLO model (``ultralytics`` is imported only then, and must be insta
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -123,16 +124,38 @@ class YoloDetector:
         return out
 
 
+def _import_here_first(name: str):
+    """Import ``name`` finding its top-level module or package in the working directory first (as ``python -m``
+    does; a console script's ``sys.path`` starts with its own folder instead), else on ``sys.path``."""
+    import importlib.util
+    import sys
+    from importlib.machinery import PathFinder
+
+    top = name.split(".")[0]
+    if top not in sys.modules:
+        spec = PathFinder.find_spec(top, [os.getcwd()])
+        if spec is not None and spec.loader is not None:
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[top] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[top]
+                raise
+    return importlib.import_module(name)
+
+
 def load_detector(spec: str, device: Optional[str] = None) -> Callable:
     """``"yolo:PATH.pt"`` -> :class:`YoloDetector`; ``"package.module:callable"`` -> that callable (the same
-    ``module:attr`` form as console-script entry points; the module is imported from ``sys.path``)."""
+    ``module:attr`` form as console-script entry points; the module is imported as ``python -m`` would: from
+    the working directory first, then ``sys.path``)."""
     kind, sep, rest = spec.partition(":")
     if not sep or not kind or not rest:
         raise ValueError(f"detector {spec!r}: expected 'module:callable' (a Python import path) or 'yolo:PATH.pt'")
     if kind == "yolo":
         return YoloDetector(rest, device=device)
     try:
-        module = importlib.import_module(kind)
+        module = _import_here_first(kind)
     except ImportError as e:
         raise ValueError(f"detector {spec!r}: cannot import module {kind!r} ({e})") from e
     obj: Any = module

@@ -11,14 +11,20 @@ from __future__ import annotations
 import contextlib
 import io
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
+from vitpose_fast.data.crop import PIXEL_STD, box_to_center_scale
 from vitpose_fast.data.datasets import COCO as _COCO_INFO
+from vitpose_fast.data.detections import match_detections
+from vitpose_fast.data.transforms import clean_bbox
 
 __all__ = ["STATS_NAMES", "rescore", "oks_iou", "oks_nms", "rescore_and_nms", "results_to_coco",
-           "evaluate_coco", "format_ap_table"]
+           "evaluate_coco", "format_ap_table", "gt_boxes", "eval_boxes", "person_areas", "EvalPersons",
+           "coco_subset", "score_persons"]
 
 STATS_NAMES = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "AR .75", "AR (M)", "AR (L)")
 _COCO_SIGMAS = np.array(_COCO_INFO.sigmas)
@@ -141,3 +147,95 @@ def format_ap_table(stats: Dict[str, float]) -> str:
     rule = "|" + "|".join("---" for _ in names) + "|"
     row = "| " + " | ".join(f"{stats[n]:.3f}" for n in names) + " |"
     return "\n".join((head, rule, row))
+
+
+# ------------------------------------------------------------------------------------------------ boxes and runs
+def gt_boxes(coco, image_id: int) -> np.ndarray:
+    """Official ``TopDownCocoDataset`` GT boxes of one image as [N, 5] xywh + score 1: non-crowd persons with a
+    positive area and labelled keypoints, cleaned by :func:`vitpose_fast.data.transforms.clean_bbox` (clipped,
+    ``x2 = x1 + w - 1``; boxes left empty are skipped)."""
+    info = coco.loadImgs(image_id)[0]
+    out = []
+    for obj in coco.loadAnns(coco.getAnnIds(imgIds=image_id, iscrowd=False)):
+        if "bbox" not in obj or max(obj.get("keypoints") or [0]) == 0:
+            continue
+        if obj.get("num_keypoints", 1) == 0 or obj.get("area", 1) <= 0:
+            continue
+        box = clean_bbox(obj["bbox"], info["width"], info["height"])
+        if box is not None:
+            out.append([*box, 1.0])
+    return np.array(out, dtype=np.float64).reshape(-1, 5)
+
+
+def eval_boxes(coco, image_ids: Sequence[int], dets: Optional[List[dict]] = None
+               ) -> Tuple[List[np.ndarray], List[dict]]:
+    """Per image of ``image_ids``, [N, 5] xywh + score boxes: :func:`gt_boxes` without ``dets``, else the
+    detections (:func:`vitpose_fast.data.detections.read_detections`) matched to the images by file name or id.
+    Also returns the detections that matched no image."""
+    if dets is None:
+        return [gt_boxes(coco, i) for i in image_ids], []
+    names = [coco.loadImgs(i)[0]["file_name"] for i in image_ids]
+    matched, unmatched = match_detections(dets, image_ids, names)
+    return [matched.get(k, np.zeros((0, 5))) for k in range(len(image_ids))], unmatched
+
+
+def person_areas(boxes_xywh: np.ndarray, aspect_ratio: float) -> np.ndarray:
+    """The person areas OKS-NMS uses (official): prod(scale * 200) of each box's test-time (center, scale)."""
+    _, scales = box_to_center_scale(torch.from_numpy(np.asarray(boxes_xywh, dtype=np.float64)), aspect_ratio)
+    return (scales * PIXEL_STD).prod(-1).numpy()
+
+
+@dataclass
+class EvalPersons:
+    """Predicted persons of an evaluation, gathered image by image (and across processes with :meth:`merge`)."""
+
+    image_ids: List[int] = field(default_factory=list)
+    keypoints: List[np.ndarray] = field(default_factory=list)  # [K, 3] each
+    box_scores: List[float] = field(default_factory=list)
+    areas: List[float] = field(default_factory=list)
+
+    def add(self, image_id: int, persons: Sequence[Dict[str, Any]], boxes_xywh: np.ndarray,
+            aspect_ratio: float) -> None:
+        """One image's predicted persons (box order) and the [N, 5] xywh + score boxes they were predicted in."""
+        areas = person_areas(boxes_xywh[:, :4], aspect_ratio) if len(boxes_xywh) else []
+        for person, box, area in zip(persons, boxes_xywh, areas):
+            self.image_ids.append(int(image_id))
+            self.keypoints.append(np.asarray(person["keypoints"], np.float32))
+            self.box_scores.append(float(box[4]))
+            self.areas.append(float(area))
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @classmethod
+    def merge(cls, parts: Iterable["EvalPersons"]) -> "EvalPersons":
+        """One set from several processes' shares, ordered by image id (the order does not depend on how the
+        images were shared)."""
+        rows = sorted((r for p in parts for r in zip(p.image_ids, p.keypoints, p.box_scores, p.areas)),
+                      key=lambda r: r[0])
+        return cls(*(list(col) for col in zip(*rows))) if rows else cls()
+
+
+def coco_subset(coco, image_ids: Sequence[int]):
+    """A COCO object restricted to ``image_ids`` (COCOeval scores every image of its ground truth)."""
+    from pycocotools.coco import COCO
+
+    keep = set(image_ids)
+    d = coco.dataset
+    sub = COCO()
+    sub.dataset = {**d, "images": [im for im in d["images"] if im["id"] in keep],
+                   "annotations": [a for a in d["annotations"] if a["image_id"] in keep]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        sub.createIndex()
+    return sub
+
+
+def score_persons(persons: EvalPersons, coco, sigmas: Optional[Sequence[float]] = None
+                  ) -> Tuple[List[dict], Dict[str, float]]:
+    """The official post-processing and COCOeval of predicted persons: (kept COCO results, stats)."""
+    if not len(persons):
+        raise ValueError("no persons to evaluate (no boxes in the annotation or detection file, or no readable "
+                         "image)")
+    results = rescore_and_nms(persons.image_ids, np.stack(persons.keypoints), np.array(persons.box_scores),
+                              np.array(persons.areas), sigmas=sigmas)
+    return results, evaluate_coco(results, coco, sigmas=sigmas)

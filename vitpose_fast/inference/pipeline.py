@@ -36,6 +36,7 @@ from vitpose_fast.inference.decode import DECODE_METHODS, flip_back
 
 ImageInput = Union[np.ndarray, torch.Tensor, "PIL.Image.Image", str, os.PathLike]  # noqa: F821
 PersonResult = Dict[str, Any]
+MAX_BOX_TO_IMAGE = 8  # prepare_boxes refuses boxes wider or taller than this many times the image
 
 __all__ = ["predict", "predict_iter", "ImageResult", "load_image", "decode_image", "prepare_boxes", "head_dataset"]
 
@@ -75,8 +76,13 @@ def _to_rgb_array(image: Any, where: str) -> Union[np.ndarray, torch.Tensor]:
 
 
 def _as_tensor(image: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
-    # torch cannot wrap negative strides (e.g. a BGR -> RGB view made with [..., ::-1]).
-    return torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+    if not isinstance(image, np.ndarray):
+        return image
+    # torch cannot wrap negative strides (e.g. a BGR -> RGB view made with [..., ::-1]) and warns on read-only
+    # arrays (np.asarray of a PIL image): both are copied.
+    if not image.flags.writeable or not image.flags.c_contiguous:
+        image = np.array(image, order="C")
+    return torch.from_numpy(image)
 
 
 def _pil_to_rgb(im: "PIL.Image.Image") -> np.ndarray:  # noqa: F821
@@ -129,8 +135,8 @@ def prepare_boxes(
     boxes: [N, 4] or [N, 5] (last column: score, default 1) in ``box_format`` (``xyxy``: inclusive corners,
     ``xywh``: COCO), or None for one box covering the whole image. Boxes are used as given (the official
     pipeline does not clip them; the crop pads with zeros). Rejected with ValueError: a wrong shape, non-finite
-    values, an empty or inverted box (xyxy: x2 < x1 or y2 < y1; xywh: w <= 0 or h <= 0) and a box entirely
-    outside the image.
+    values, an empty or inverted box (xyxy: x2 < x1 or y2 < y1; xywh: w <= 0 or h <= 0), a box more than
+    ``MAX_BOX_TO_IMAGE`` times the image's width or height and a box entirely outside the image.
     """
     if box_format not in ("xyxy", "xywh"):
         raise ValueError(f"box_format must be 'xyxy' or 'xywh', got {box_format!r}")
@@ -158,6 +164,13 @@ def prepare_boxes(
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"{where}: box {i} {arr[i, :4].tolist()} ({box_format}) {reason}")
+    # A person box many times the image is a unit or format mistake (normalised vs pixel boxes, 1e9
+    # placeholders): its keypoints would land far outside the image.
+    huge = (xyxy[:, 2] - xyxy[:, 0] > MAX_BOX_TO_IMAGE * width) | (xyxy[:, 3] - xyxy[:, 1] > MAX_BOX_TO_IMAGE * height)
+    if huge.any():
+        i = int(np.flatnonzero(huge)[0])
+        raise ValueError(f"{where}: box {i} {arr[i, :4].tolist()} ({box_format}) is more than {MAX_BOX_TO_IMAGE}x "
+                         f"the {width}x{height} image; are the boxes in another unit or format?")
     outside = (xyxy[:, 2] < 0) | (xyxy[:, 3] < 0) | (xyxy[:, 0] > width - 1) | (xyxy[:, 1] > height - 1)
     if outside.any():
         i = int(np.flatnonzero(outside)[0])

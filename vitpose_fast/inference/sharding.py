@@ -24,8 +24,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 
 import numpy as np
 
+from vitpose_fast.inference.results import coco_records
+
 __all__ = ["PARTS", "RESULTS", "torchrun_rank", "shard_indices", "ShardWriter", "TorchrunShard", "read_rows",
-           "done_paths", "persons_to_row", "row_to_persons", "coco_records", "merge"]
+           "done_paths", "persons_to_row", "row_to_persons", "merge"]
 
 PARTS = "parts"
 RESULTS = "results.json"
@@ -67,21 +69,6 @@ def row_to_persons(row: Dict[str, Any]) -> List[Dict[str, Any]]:
     kps = np.asarray(row["keypoints"], dtype=np.float32).reshape(len(scores), -1, 3)
     boxes = np.asarray(row["boxes"], dtype=np.float32).reshape(len(scores), 4)
     return [{"keypoints": kps[j], "box": boxes[j], "score": float(scores[j])} for j in range(len(scores))]
-
-
-def coco_records(image_id: int, file_name: str, persons: List[Dict[str, Any]]) -> List[dict]:
-    """COCO keypoint results of one image's persons, plus each person's ``bbox`` (xywh) and the ``file_name``."""
-    from vitpose_fast.inference.evaluation import results_to_coco
-
-    if not persons:
-        return []
-    kps = np.stack([p["keypoints"] for p in persons])
-    entries = results_to_coco([image_id] * len(persons), kps, [p["score"] for p in persons])
-    for entry, p in zip(entries, persons):
-        x1, y1, x2, y2 = (float(v) for v in p["box"])
-        entry["bbox"] = [x1, y1, x2 - x1 + 1, y2 - y1 + 1]
-        entry["file_name"] = file_name
-    return entries
 
 
 def _drop_torn_tail(path: Path) -> None:

@@ -157,6 +157,12 @@ def load_frame_boxes(path: Union[str, os.PathLike]) -> Dict[int, np.ndarray]:
             data = {int(d["frame"]): d["boxes"] for d in map(json.loads, filter(str.strip, text.splitlines()))}
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path}: not a JSON list/object or JSON lines with 'frame' and 'boxes' ({e})") from e
+    coco = (isinstance(data, list) and any(isinstance(d, dict) and "bbox" in d for d in data)) or (
+        isinstance(data, dict) and ("images" in data or "annotations" in data))
+    if coco:
+        raise ValueError(f"{path} is a COCO file (per-image detections or annotations), not per-frame boxes: for a "
+                         "video pass a list with one [[x1, y1, x2, y2, score], ...] entry per frame, an object "
+                         "keyed by frame index, or JSON lines {\"frame\": i, \"boxes\": [...]}")
     if isinstance(data, dict) and "boxes" in data and "frame" in data:  # JSON lines of a single frame
         data = {int(data["frame"]): data["boxes"]}
     if isinstance(data, list):
@@ -175,13 +181,6 @@ def load_frame_boxes(path: Union[str, os.PathLike]) -> Dict[int, np.ndarray]:
         if arr.shape[1] == 4:
             arr = np.concatenate([arr, np.ones((len(arr), 1))], axis=1)
         out[frame] = arr
-    return out
-
-
-def _person_json(p: Dict[str, Any]) -> Dict[str, Any]:
-    out = {"track_id": int(p["track_id"])} if "track_id" in p else {}
-    out.update({"box": [round(float(v), 3) for v in p["box"]], "score": float(p["score"]),
-                "keypoints": np.round(p["keypoints"].astype(np.float64), 3).tolist()})
     return out
 
 
@@ -212,6 +211,7 @@ class _FrameWriter:
         self._thread.start()
 
     def _run(self) -> None:
+        from vitpose_fast.inference.results import person_json
         from vitpose_fast.inference.visualize import draw_poses
 
         while True:
@@ -223,7 +223,7 @@ class _FrameWriter:
             try:
                 i, t, image, persons = item
                 self._f.write(json.dumps({"frame": i, "time": round(t, 6), "keypoint_set": self._set,
-                                          "persons": [_person_json(p) for p in persons]}) + "\n")
+                                          "persons": [person_json(p) for p in persons]}) + "\n")
                 if self._vis is not None:
                     if self._video is None:
                         self._video = VideoWriter(self._vis, self._fps, (image.shape[1], image.shape[0]))
@@ -414,30 +414,3 @@ def predict_video(
     rate = (lambda n: n / seconds) if seconds > 0 else (lambda n: float("nan"))
     return {"frames": frames, "persons": persons_total, "seconds": seconds, "fps": rate(frames),
             "persons_per_s": rate(persons_total)}
-
-
-def cmd_predict_video(args) -> int:
-    """``vitpose-fast predict VIDEO ...`` (called by the CLI when its single input is a video or stream)."""
-    from vitpose_fast.cli.commands import _detector, _load_model
-
-    if args.boxes and args.detector:
-        raise SystemExit("vitpose-fast: pass either --boxes or --detector, not both")
-    try:
-        frame_boxes = load_frame_boxes(args.boxes) if args.boxes else None
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"vitpose-fast: --boxes: {e}") from e
-    detector = _detector(args) if args.detector else None
-    model = _load_model(args.weights, args.model, args.device, args.precision)
-    try:
-        stats = predict_video(
-            model, args.images[0], args.out, vis=args.vis, detector=detector, boxes=frame_boxes,
-            det_thr=args.det_thr, det_classes=args.det_classes, box_thr=args.box_thr,
-            frames_per_batch=args.frames_per_batch, max_frames=args.max_frames, kpt_thr=args.kpt_thr,
-            progress=not args.quiet, flip_test=not args.no_flip, decode=args.decode, batch_size=args.batch_size,
-            dataset_index=args.dataset_index, dataset=args.dataset, track=args.track, smooth=args.smooth, detect_every=args.detect_every,
-        )
-    except (FileNotFoundError, ValueError, ImportError) as e:
-        raise SystemExit(f"vitpose-fast: {e}") from e
-    print(f"wrote {stats['persons']} persons in {stats['frames']} frames to {args.out} "
-          f"({stats['fps']:.1f} frames/s, {stats['persons_per_s']:.1f} persons/s)")
-    return 0

@@ -48,7 +48,8 @@ def _torch_load(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign pickles
         raise CheckpointError(
-            f"cannot read checkpoint {str(path)!r} with torch.load(weights_only=True): {e}. Expected an official "
+            f"cannot read checkpoint {str(path)!r} with torch.load(weights_only=True): "
+            f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}. Expected an official "
             "mmpose .pth, a vitpose_fast checkpoint or a state dict saved with torch.save (a truncated download "
             "or a pickled foreign object fails here)"
         ) from e

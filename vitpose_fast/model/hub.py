@@ -45,8 +45,12 @@ def _split(src: str):
 
 
 def is_hub_id(src) -> bool:
-    """True for ``org/name`` or ``org/name/path/file.pth`` strings that are not an existing local path."""
-    return isinstance(src, str) and not os.path.exists(src) and _split(src) is not None
+    """True for ``org/name`` or ``org/name/path/file.pth`` strings that are not an existing local path. A string
+    whose first part is a local folder (``runs/tiny/bset.pth`` with a ``runs`` folder here) is a path with a
+    typo, not a Hub id: it is not looked up on the Hub."""
+    if not isinstance(src, str) or os.path.exists(src) or _split(src) is None:
+        return False
+    return not os.path.isdir(src.split("/", 1)[0])
 
 
 def _hint(src: str, repo_id: str, filename) -> str:

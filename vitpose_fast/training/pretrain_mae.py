@@ -50,7 +50,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vitpose_fast.config import preset
+from vitpose_fast.config import parse_res, preset
+from vitpose_fast.data.crop import box_to_center_scale
 from vitpose_fast.data.transforms import to_normalized_tensor
 from vitpose_fast.model.mae import MAE, MAEConfig
 from vitpose_fast.training.core import load_checkpoint, save_checkpoint
@@ -72,12 +73,10 @@ class Region:
 
 
 def _fit_aspect(cx: float, cy: float, w: float, h: float, aspect: float, padding: float) -> Tuple[float, ...]:
-    """Grow the shorter side to ``aspect`` (= w / h), then scale by ``padding`` (the top-down box rule)."""
-    if w > aspect * h:
-        h = w / aspect
-    else:
-        w = h * aspect
-    return cx, cy, w * padding, h * padding
+    """The top-down box rule (:func:`vitpose_fast.data.crop.box_to_center_scale`) in pixels."""
+    _, size = box_to_center_scale(torch.tensor([[cx - w / 2, cy - h / 2, w, h]], dtype=torch.float64), aspect,
+                                  padding, pixel_std=1.0)
+    return cx, cy, float(size[0, 0]), float(size[0, 1])
 
 
 def coco_regions(root: Path, split: str, crop: bool, aspect: float, padding: float = 1.25) -> List[Region]:
@@ -215,14 +214,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict]:
 
 
 # ------------------------------------------------------------------------------------------------------ main
-def _parse_res(s: str) -> Tuple[int, int]:
-    try:
-        h, w = (int(v) for v in s.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--res must look like 256x192 (HxW), got {s!r}") from None
-    return h, w
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="MAE pretraining of a ViTPose backbone.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -241,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--depth", type=int)
     m.add_argument("--num-heads", type=int)
     m.add_argument("--drop-path", type=float, default=0.0)
-    m.add_argument("--res", type=_parse_res, default=(256, 192), help="input HxW")
+    m.add_argument("--res", type=parse_res, default=(256, 192), help="input HxW")
     m.add_argument("--mask-ratio", type=float, default=0.75)
     m.add_argument("--decoder-dim", type=int, default=512)
     m.add_argument("--decoder-depth", type=int, default=8)

@@ -76,59 +76,48 @@ per-process drop-path masks are the only differences between process counts; ``-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import io
 import json
 import os
-import random
 import time
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 
-from vitpose_fast.training.presets import PRESETS, TrainPreset, get_preset
 from vitpose_fast.config import BACKENDS, with_overrides
-from vitpose_fast.data import transforms as T
-from vitpose_fast.data.coco import CocoKeypoints, collate, gpu_crop_batch, load_coco, upper_body_ids
+from vitpose_fast.data.coco import CocoKeypoints, collate, upper_body_ids
+from vitpose_fast.data.datasets import VITPOSE_PLUS_DATASETS, get_dataset
 from vitpose_fast.data.multi import DatasetSource, MultiDataset, RatioSampler, collate_multi
-from vitpose_fast.data.datasets import VITPOSE_PLUS_DATASETS, DatasetInfo, get_dataset
-from vitpose_fast.training.distributed import (
-    ensure_process_group,
-    full_state_dict,
-    is_sharded,
-    is_sharded_checkpoint,
-    load_sharded,
-    local_copy,
-    read_train_state,
-    save_sharded,
-    shard_model,
-)
 from vitpose_fast.model.model import Model
 from vitpose_fast.training.core import (
     MultiHeadModel,
+    SavePolicy,
     ShardedSampler,
     build_scheduler,
     capture_rng_state,
-    joints_mse_loss,
-    SavePolicy,
-    check_resume_layout,
-    load_training_state,
-    lr_factor,
-    multi_dataset_loss,
     param_groups,
-    rescaled_position,
-    saved_global_batch,
-    restore_rng_state,
     save_checkpoint,
     training_state,
-    truncate_metrics,
 )
+from vitpose_fast.training.distributed import is_sharded, save_sharded
+from vitpose_fast.training.loop import (
+    MetricsLog,
+    TrainStep,
+    all_gather,
+    global_mean,
+    init_distributed,
+    model_state,
+    resume_from,
+    save_due,
+    save_weights,
+    seed_everything,
+    unwrap,
+    wrap_model,
+)
+from vitpose_fast.training.presets import PRESETS, TrainPreset, get_preset
+from vitpose_fast.training.validation import eval_note, evaluate, evaluate_sets, run_evaluation
 
 DET_FILE_CANDIDATES = (
     "person_detection_results/COCO_val2017_detections_AP_H_56_person.json",
@@ -242,6 +231,10 @@ def resolve_preset(args: argparse.Namespace) -> TrainPreset:
 
 def data_paths(args: argparse.Namespace, need_train: bool = True) -> Dict[str, Optional[Path]]:
     root = args.data_root
+    if root is not None and not root.is_dir():
+        raise FileNotFoundError(f"--data-root {root}: no such folder (expected the COCO layout: annotations/, "
+                                "train2017/, val2017/)")
+
     def pick(explicit: Optional[Path], rel: str) -> Optional[Path]:
         return explicit if explicit is not None else (root / rel if root is not None else None)
     paths = {
@@ -330,56 +323,6 @@ def multi_dataset_preset(pre: TrainPreset, sources: List[DatasetSource], experts
     return dataclasses.replace(pre, model=model)
 
 
-# ------------------------------------------------------------------------------------------------ distributed
-def init_distributed(device_arg: Optional[str]) -> Tuple[int, int, torch.device]:
-    """(rank, world size, device); initialises the process group under torchrun (gloo on CPU, nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    kind = device_arg or ("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(kind)
-    if device.type == "cuda":
-        device = torch.device("cuda", local if device.index is None else device.index)
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-
-def global_mean(value: torch.Tensor, world: int) -> float:
-    """The mean of a scalar over the ranks (every rank calls this)."""
-    if world == 1:
-        return value.item()
-    value = value.detach().float().clone()
-    dist.all_reduce(value)
-    return value.item() / world
-
-
-def all_gather(obj: Any, world: int) -> List[Any]:
-    if world == 1:
-        return [obj]
-    out: List[Any] = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def unwrap(model: nn.Module) -> Model:
-    """The plain Model inside DDP / FSDP / :class:`MultiHeadModel` wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
 # ------------------------------------------------------------------------------------------------ model
 def build_model(pre: TrainPreset, args: argparse.Namespace, log) -> Model:
     model = Model(pre.model, backend=args.backend)
@@ -410,26 +353,6 @@ def load_init(model: Model, path: Path, log) -> None:
         f"{'; skipped (shape): ' + ', '.join(skipped) if skipped else ''}")
 
 
-def wrap_model(model: nn.Module, args: argparse.Namespace, world: int, device: torch.device) -> nn.Module:
-    if args.sync_bn and (world > 1 or args.fsdp):
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if args.fsdp:  # also with one process: the same code path and checkpoint format as on many
-        ensure_process_group(device)
-        return shard_model(model, device, torch.bfloat16 if args.amp == "bf16" else None)
-    if world == 1:
-        return model
-    if isinstance(model, MultiHeadModel):
-        # A rank's batch may lack a dataset: its head and expert then take no part in that rank's graph.
-        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                                   find_unused_parameters=True)
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def model_state(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """The full weights (sharded models: gathered on rank 0, every rank calls this)."""
-    return full_state_dict(model) if is_sharded(model) else unwrap(model).state_dict()
-
-
 def estimate_memory_report(args: argparse.Namespace) -> Dict[str, Any]:
     """``--estimate-memory``: the per-rank memory table of the preset (at its per-process batch, ``--amp``,
     ``--checkpointing``, ``--freeze``) for DDP and for FSDP on each of ``--ranks``, printed and returned."""
@@ -445,214 +368,10 @@ def estimate_memory_report(args: argparse.Namespace) -> Dict[str, Any]:
     return {"memory": rows}
 
 
-# ------------------------------------------------------------------------------------------------ evaluation
-def eval_boxes(coco, image_ids: List[int], det_file: Optional[Path], use_gt: bool,
-               det_thr: float) -> Dict[int, np.ndarray]:
-    """Per image [N, 5] (x, y, w, h, score) boxes: cleaned GT boxes of persons with keypoints (score 1, as
-    official ``use_gt_bbox``) or the detections of category 1 with score >= ``det_thr``."""
-    out: Dict[int, List[List[float]]] = {i: [] for i in image_ids}
-    if use_gt or det_file is None:
-        for img_id in image_ids:
-            info = coco.loadImgs(img_id)[0]
-            for obj in coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=False)):
-                box = T.clean_bbox(obj.get("bbox", [0, 0, 0, 0]), info["width"], info["height"])
-                if box is None or max(obj.get("keypoints", [0])) == 0 or obj.get("num_keypoints", 1) == 0:
-                    continue
-                out[img_id].append([*box, 1.0])
-    else:
-        for det in json.loads(Path(det_file).read_text()):
-            if det.get("category_id", 1) != 1 or det["score"] < det_thr or det["image_id"] not in out:
-                continue
-            out[det["image_id"]].append([*det["bbox"][:4], det["score"]])
-    return {k: np.asarray(v, dtype=np.float64).reshape(-1, 5) for k, v in out.items()}
-
-
-@torch.no_grad()
-def evaluate(model: Model, pre: TrainPreset, paths: Dict[str, Optional[Path]], rank: int, world: int,
-             max_images: Optional[int] = None, out_dir: Optional[Path] = None, info: Optional[DatasetInfo] = None,
-             dataset_index: Optional[int] = None) -> Dict[str, float]:
-    """Top-down COCO evaluation: the official test pipeline (``vitpose_fast.inference.pipeline.predict``: UDP crop,
-    flip test, UDP decoding; the standard crop and ``default`` decoding for MSRA-trained sets) on this rank's
-    share of the val images, results gathered on rank 0, rescoring, OKS-NMS and COCOeval with the set's sigmas
-    (``vitpose_fast.inference.evaluation``). ``info`` is the set's metadata (default the preset's dataset) and
-    ``dataset_index`` the expert/head to predict with. Returns the COCOeval stats (AP, AP50, ...) on every rank;
-    rank 0 writes the kept COCO-format results to ``out_dir/val_keypoints.json`` (``val_keypoints_NAME.json``
-    with a ``dataset_index``)."""
-    from vitpose_fast.inference.evaluation import evaluate_coco, rescore_and_nms
-    from vitpose_fast.inference.pipeline import predict
-
-    info = get_dataset(pre.data.dataset) if info is None else info
-    udp = pre.data.udp if dataset_index is None else info.encoding == "udp"
-    coco = load_coco(paths["val_ann"])
-    image_ids = sorted(coco.getImgIds())[:max_images] if max_images else sorted(coco.getImgIds())
-    boxes = eval_boxes(coco, image_ids, paths["det_file"], pre.data.use_gt_bbox, pre.data.det_bbox_thr)
-    in_h, in_w = pre.model.backbone.img_size
-    mine = image_ids[rank::world]
-    persons: List[Tuple[int, np.ndarray, float, float]] = []  # image id, keypoints [K, 3], box score, area
-    chunk = 16
-    for start in range(0, len(mine), chunk):
-        ids = [i for i in mine[start:start + chunk] if len(boxes[i])]
-        if not ids:
-            continue
-        files = [str(paths["val_images"] / coco.loadImgs(i)[0]["file_name"]) for i in ids]
-        results = predict(model, files, [boxes[i] for i in ids], box_format="xywh", flip_test=pre.data.flip_test,
-                          decode="udp" if udp else "default", batch_size=pre.val_batch_size,
-                          dataset_index=dataset_index, dataset=info)
-        for img_id, people in zip(ids, results):
-            for person, box in zip(people, boxes[img_id]):
-                # NMS area = prod(scale * 200) of the person's box (official), scale from _xywh2cs.
-                _, scale = T.xywh_to_center_scale(*box[:4], aspect_ratio=in_w / in_h)
-                persons.append((int(img_id), np.asarray(person["keypoints"], np.float32), float(box[4]),
-                                float(np.prod(scale * 200.0))))
-    gathered = all_gather(persons, world)
-    stats: Dict[str, float] = {}
-    if rank == 0:
-        everyone = sorted((p for part in gathered for p in part), key=lambda p: p[0])
-        if everyone:
-            results = rescore_and_nms([p[0] for p in everyone], np.stack([p[1] for p in everyone]),
-                                      np.array([p[2] for p in everyone]), np.array([p[3] for p in everyone]),
-                                      sigmas=info.sigmas)
-            gt = coco if not max_images else _subset(coco, image_ids)
-            stats = evaluate_coco(results, gt, sigmas=info.sigmas)
-            if out_dir is not None:
-                name = "val_keypoints.json" if dataset_index is None else f"val_keypoints_{info.name}.json"
-                (out_dir / name).write_text(json.dumps(results))
-        else:
-            stats = {"AP": 0.0}
-    return all_gather(stats, world)[0]
-
-
-def _subset(coco, image_ids: List[int]):
-    """A COCO object restricted to ``image_ids`` (COCOeval scores every image of its ground truth)."""
-    from pycocotools.coco import COCO
-
-    keep = set(image_ids)
-    d = coco.dataset
-    sub = COCO()
-    sub.dataset = {**d, "images": [im for im in d["images"] if im["id"] in keep],
-                   "annotations": [a for a in d["annotations"] if a["image_id"] in keep]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        sub.createIndex()
-    return sub
-
-
-def evaluate_sets(model: Model, pre: TrainPreset, sources: List[DatasetSource], rank: int, world: int,
-                  args: argparse.Namespace, log) -> Dict[str, float]:
-    """:func:`evaluate` on every multi-dataset set with validation files, each with its own head, expert, flip
-    pairs, decoding and OKS sigmas. Returns ``{"NAME/AP": ..., ...}`` plus ``AP``, the mean AP over the sets."""
-    stats: Dict[str, float] = {}
-    aps = []
-    for src in sources:
-        if src.val_ann is None:
-            continue
-        if src.info.sigmas is None:
-            log(f"{src.info.name}: no OKS sigmas in its metadata, skipping COCOeval")
-            continue
-        paths = {"val_ann": src.val_ann, "val_images": src.val_images, "det_file": src.det_file}
-        one = evaluate(model, pre, paths, rank, world, args.max_val_images, args.out, info=src.info,
-                       dataset_index=src.index)
-        stats.update({f"{src.info.name}/{k}": v for k, v in one.items()})
-        aps.append(one.get("AP", 0.0))
-    if aps:
-        stats["AP"] = float(np.mean(aps))
-    return stats
-
-
-def _eval_note(src: DatasetSource, use_gt_bbox: bool) -> str:
-    if src.val_ann is None:
-        return "not evaluated (no val files)"
-    return f"evaluated on {'ground-truth boxes' if use_gt_bbox or src.det_file is None else src.det_file}"
-
-
-def run_evaluation(ddp_model: nn.Module, model: Model, pre: TrainPreset, paths: Dict[str, Optional[Path]],
-                   rank: int, world: int, args: argparse.Namespace,
-                   sources: Optional[List[DatasetSource]] = None, log=print) -> Dict[str, float]:
-    """Evaluate the current weights (every ``sources`` set when given): every rank scores its share of the images,
-    rank 0 gathers them and runs COCOeval once. FSDP: each rank scores with a plain copy holding the full weights
-    (a sharded forward would need every rank in every call, and ranks score different numbers of boxes)."""
-    if sources is not None:
-        return evaluate_sets(unwrap(ddp_model), pre, sources, rank, world, args, log)
-    scorer = local_copy(ddp_model, args.backend) if is_sharded(ddp_model) else unwrap(ddp_model)
-    return evaluate(scorer, pre, paths, rank, world, args.max_val_images, args.out)
-
-
-def resume_from(args: argparse.Namespace, ddp_model: nn.Module, optimizer, scheduler, scaler,
-                sources: Optional[List[DatasetSource]], pre: TrainPreset, world: int, rank: int,
-                iters_per_epoch: int, log) -> Tuple[int, int, int, float]:
-    """Load ``--resume`` (a ``last.pth`` file, or a sharded ``last.dcp`` folder on any process count, with or
-    without ``--fsdp``) into the model, optimizer, schedule, scaler and RNGs; returns (epoch, step, batch in
-    epoch, best AP). Refuses a file that is not a training state, another dataset list and (unless
-    ``--allow-resume-change``) another global batch; drops the metrics records after its step."""
-    sharded_ckpt = is_sharded_checkpoint(args.resume)
-    if sharded_ckpt:
-        state = read_train_state(args.resume)
-    elif is_sharded(ddp_model):
-        raise ValueError(f"--fsdp resumes from a sharded checkpoint folder (OUT/last.dcp), got the file "
-                         f"{args.resume}; resume it without --fsdp")
-    else:
-        state = load_training_state(args.resume)
-    datasets = [s.info.name for s in sources] if sources is not None else None
-    if state.get("datasets") != datasets:
-        raise ValueError(f"{args.resume} was trained on datasets {state.get('datasets')}, this run has {datasets}")
-    changed = check_resume_layout(state, args.resume, world, pre.batch_size, args.allow_resume_change)
-    if sharded_ckpt:
-        load_sharded(args.resume, ddp_model, optimizer)  # DCP reshards to this run's processes
-    else:
-        unwrap(ddp_model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    epoch, step, batch = state["epoch"], state["step"], state["batch_in_epoch"]
-    if rank == 0:
-        dropped = truncate_metrics(args.out / "metrics.jsonl", step)
-        if dropped:
-            log(f"metrics.jsonl: dropped {dropped} records after step {step} (the resumed run writes them again)")
-    if changed:
-        epoch, batch, step = rescaled_position(state, world, pre.batch_size, iters_per_epoch)
-        scheduler.last_epoch = step
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * lr_factor(step, iters_per_epoch, pre.optim.schedule)
-        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
-        log(f"warning: resuming global batch {saved_global_batch(state)} as {world} x {pre.batch_size}: position "
-            f"converted to epoch {epoch}, batch {batch}, step {step}")
-    rng = state["rng"]
-    if len(rng) != world:
-        log(f"warning: checkpoint has RNG states of {len(rng)} processes, this run has {world}; "
-            "drop-path masks will differ from an uninterrupted run")
-    restore_rng_state(rng[rank % len(rng)])
-    log(f"resumed from {args.resume}: epoch {epoch}, batch {batch}, step {step}")
-    return epoch, step, batch, state.get("best_ap", -1.0)
-
-
 # ------------------------------------------------------------------------------------------------ training
-class MetricsLog:
-    """``metrics.jsonl`` (rank 0): one JSON object per line."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def write(self, **record: Any) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    """Train; returns a summary (``step``, ``epochs_done``, ``best_ap``, ``last_eval``, ``images_per_s``)."""
-    args = parse_args(argv)
-    if args.estimate_memory:
-        return estimate_memory_report(args)
-    rank, world, device = init_distributed(args.device)
-    is_main = rank == 0
-    if args.fsdp and args.amp == "fp16":
-        raise ValueError("--fsdp trains with --amp bf16 or none (fp16 would need a grad scaler that agrees across "
-                         "shards); use --amp bf16")
-
-    def log(msg: str) -> None:
-        if is_main:
-            print(msg, flush=True)
-
+def training_data(args: argparse.Namespace):
+    """(preset with the run's overrides, multi-dataset sources or None, per-head loss weights or None, the
+    single set's paths, whether there are val files)."""
     pre = resolve_preset(args)
     sources: Optional[List[DatasetSource]] = None  # multi-dataset run
     loss_weights: Optional[Dict[int, float]] = None
@@ -674,22 +393,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 raise ValueError(f"--{flag.replace('_', '-')} needs --datasets (multi-dataset training)")
         paths = data_paths(args, need_train=not args.eval_only)
         has_val = paths["val_ann"] is not None
-    seed_everything(args.seed + rank, args.deterministic)  # drop-path masks differ per rank, as per-GPU seeds do
-    args.out.mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLog(args.out / "metrics.jsonl", is_main)
+    return pre, sources, loss_weights, paths, has_val
 
-    model = build_model(pre, args, log).to(device)
-    if args.eval_only:
-        if not has_val:
-            raise FileNotFoundError("--eval-only needs the val annotations and images (--data-root or --val-ann, "
-                                    "or val files in --datasets)")
-        if sources is not None:
-            stats = evaluate_sets(model, pre, sources, rank, world, args, log)
-        else:
-            stats = evaluate(model, pre, paths, rank, world, args.max_val_images, args.out)
-        log(json.dumps({"eval": stats}))
-        return {"last_eval": stats}
 
+def train_loader(pre: TrainPreset, args: argparse.Namespace, sources: Optional[List[DatasetSource]],
+                 paths: Dict[str, Optional[Path]], rank: int, world: int, device: torch.device, log):
+    """(train set, its sampler (this rank's share of each global batch), the DataLoader)."""
     in_h, in_w = pre.model.backbone.img_size
     hm_h, hm_w = pre.model.heatmap_size
     if sources is not None:
@@ -701,7 +410,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         for src, size, share in zip(sources, train_set.sizes, sampler.probs):
             log(f"dataset {src.index} {src.info.name}: {size} train instances, {src.info.num_keypoints} keypoints, "
                 f"{src.info.encoding} targets, {share:.3f} of each batch, "
-                f"{_eval_note(src, pre.data.use_gt_bbox)}")
+                f"{eval_note(src, pre.data.use_gt_bbox)}")
     else:
         info = get_dataset(pre.data.dataset)
         train_set = CocoKeypoints(
@@ -720,23 +429,65 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         # torch RNG (drop path), or a resumed run would diverge from an uninterrupted one.
         generator=torch.Generator().manual_seed(args.seed),
     )
+    return train_set, sampler, loader
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Train; returns a summary (``step``, ``epochs_done``, ``best_ap``, ``last_eval``, ``images_per_s``)."""
+    args = parse_args(argv)
+    if args.estimate_memory:
+        return estimate_memory_report(args)
+    rank, world, device = init_distributed(args.device)
+    is_main = rank == 0
+    if args.fsdp and args.amp == "fp16":
+        raise ValueError("--fsdp trains with --amp bf16 or none (fp16 would need a grad scaler that agrees across "
+                         "shards); use --amp bf16")
+
+    def log(msg: str) -> None:
+        if is_main:
+            print(msg, flush=True)
+
+    pre, sources, loss_weights, paths, has_val = training_data(args)
+    seed_everything(args.seed + rank, args.deterministic)  # drop-path masks differ per rank, as per-GPU seeds do
+    args.out.mkdir(parents=True, exist_ok=True)
+    metrics = MetricsLog(args.out / "metrics.jsonl", is_main)
+
+    model = build_model(pre, args, log).to(device)
+    if args.eval_only:
+        if not has_val:
+            raise FileNotFoundError("--eval-only needs the val annotations and images (--data-root or --val-ann, "
+                                    "or val files in --datasets)")
+        if sources is not None:
+            stats = evaluate_sets(model, pre, sources, rank, world, args.max_val_images, args.out, log)
+        else:
+            stats = evaluate(model, pre, paths, rank, world, args.max_val_images, args.out)
+        log(json.dumps({"eval": stats}))
+        return {"last_eval": stats}
+
+    in_h, in_w = pre.model.backbone.img_size
+    train_set, sampler, loader = train_loader(pre, args, sources, paths, rank, world, device, log)
     iters_per_epoch = sampler.num_batches
 
     own_group = args.fsdp and not dist.is_initialized()  # FSDP in one plain process: a group of one, ours
-    ddp_model = wrap_model(MultiHeadModel(model) if sources is not None else model, args, world, device)
+    ddp_model = wrap_model(MultiHeadModel(model) if sources is not None else model, world, device, args.fsdp,
+                           args.sync_bn, torch.bfloat16 if args.amp == "bf16" else None)
     # Groups from the wrapped module's parameters (FSDP2: per-parameter DTensors); names are the official ones.
     groups = param_groups(unwrap(ddp_model), pre.optim.lr, pre.optim.weight_decay, pre.model.layer_decay,
                           pre.model.backbone.depth)
     optimizer = torch.optim.AdamW(groups, lr=pre.optim.lr, betas=pre.optim.betas, weight_decay=pre.optim.weight_decay)
     schedule = pre.optim.schedule
     scheduler = build_scheduler(optimizer, iters_per_epoch, schedule)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+    train_step = TrainStep(ddp_model, optimizer, scheduler, device, args.amp, pre.optim.grad_clip, world,
+                           multi=sources is not None, num_datasets=pre.model.num_datasets, loss_weights=loss_weights,
+                           gpu_crop_size=(in_w, in_h) if args.gpu_crop else None)
+    scaler = train_step.scaler
 
     start_epoch, step, start_batch, best_ap = 0, 0, 0, -1.0
     if args.resume is not None:
         start_epoch, step, start_batch, best_ap = resume_from(
-            args, ddp_model, optimizer, scheduler, scaler, sources, pre, world, rank, iters_per_epoch, log)
+            args.resume, ddp_model, optimizer, scheduler, scaler,
+            [s.info.name for s in sources] if sources is not None else None, world, rank, pre.batch_size,
+            iters_per_epoch, schedule, args.allow_resume_change, args.out / "metrics.jsonl", log)
 
     n_params = sum(p.numel() for p in unwrap(ddp_model).parameters())
     log(f"{pre.name}: {n_params / 1e6:.2f}M params, {len(train_set)} train instances, {world} process(es) x batch "
@@ -750,7 +501,6 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         from tqdm import tqdm
 
         bar = tqdm(total=total_steps, initial=step, dynamic_ncols=True, unit="it")
-    params = [p for p in ddp_model.parameters() if p.requires_grad]
     last_eval: Dict[str, float] = {}
     seen, t0 = 0, time.perf_counter()
     ips = 0.0
@@ -759,7 +509,6 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                                               "ratios": sampler.probs.tolist()}
     save_policy = SavePolicy(args.save_every)
     save_policy.start(step)
-    num_datasets = pre.model.num_datasets
 
     def checkpoint(epoch: int, batch_in_epoch: int) -> None:
         rngs = all_gather(capture_rng_state(), world)
@@ -774,13 +523,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             state["model"], state["optimizer"] = unwrap(ddp_model).state_dict(), optimizer.state_dict()
             save_checkpoint(args.out / "last.pth", state)
 
-    def save_weights(name: str) -> None:
+    def write_weights(name: str) -> None:
         mstate = model_state(ddp_model)
         if is_main:
-            from vitpose_fast.model.checkpoint import FORMAT, VERSION
-
-            save_checkpoint(args.out / name, {"format": FORMAT, "version": VERSION,
-                                              "config": pre.model.to_dict(), "state_dict": mstate})
+            save_weights(args.out / name, pre.model, mstate)
 
     ddp_model.train()
     epoch = start_epoch
@@ -791,46 +537,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         sampler.set_epoch(epoch, first)
         batch_in_epoch = first
         for batch in loader:
-            if args.gpu_crop:
-                images = gpu_crop_batch(batch, (in_w, in_h), device)
-            else:
-                images = batch["image"].to(device, non_blocking=True)
-            ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-            head_losses: Dict[int, torch.Tensor] = {}
-            if sources is None:
-                target = batch["target"].to(device, non_blocking=True)
-                weight = batch["target_weight"].to(device, non_blocking=True)
-                with ctx:
-                    heatmaps = ddp_model(images)
-                loss = joints_mse_loss(heatmaps, target, weight)
-            else:
-                index = batch["dataset_index"].to(device, non_blocking=True)
-                targets = {d: {k: v.to(device, non_blocking=True) for k, v in g.items()}
-                           for d, g in batch["targets"].items()}
-                with ctx:
-                    outs = ddp_model(images, index, {d: g["index"] for d, g in targets.items()})
-                counts = None
-                if world > 1:  # per-head means over the GLOBAL batch (see multi_dataset_loss)
-                    counts = torch.bincount(index, minlength=num_datasets)
-                    dist.all_reduce(counts)
-                loss, head_losses = multi_dataset_loss(outs, targets, counts, world, loss_weights)
-            optimizer.zero_grad(set_to_none=True)
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-            grad_norm = None
-            if pre.optim.grad_clip:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, pre.optim.grad_clip))
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            lr = optimizer.param_groups[-1]["lr"]  # the head's group: lr scale 1
-            scheduler.step()
+            out = train_step(batch)
+            loss, head_losses, grad_norm, lr = out.loss, out.head_losses, out.grad_norm, out.lr
             step += 1
             batch_in_epoch += 1
-            seen += images.shape[0] * world
+            seen += out.images * world
             log_now = step % args.log_interval == 0 or step == stop_at
             if bar is not None or log_now:
                 # Logged: the loss of the global batch (the mean of the ranks' means over equal shares).
@@ -853,14 +564,15 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if epoch_done:
             n = epoch + 1
             if pre.eval_interval and has_val and (n % pre.eval_interval == 0 or n == schedule.epochs):
-                last_eval = run_evaluation(ddp_model, model, pre, paths, rank, world, args, sources, log)
+                last_eval = run_evaluation(ddp_model, pre, paths, rank, world, args.max_val_images, args.out,
+                                           args.backend, sources, log)
                 ap = last_eval.get("AP", -1.0)
                 metrics.write(step=step, epoch=n, **{f"val/{k}": v for k, v in last_eval.items()})
                 per_set = "".join(f", {k[:-3]} {v:.4f}" for k, v in last_eval.items() if k.endswith("/AP"))
                 log(f"epoch {n}: val AP {ap:.4f}{per_set}")
                 if ap > best_ap:
                     best_ap = ap
-                    save_weights("best.pth")
+                    write_weights("best.pth")
                 ddp_model.train()
             if n % pre.save_interval == 0 or n == schedule.epochs or step >= stop_at or save_due(save_policy, step,
                                                                                                   world):
@@ -870,7 +582,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             checkpoint(epoch, batch_in_epoch)
     if bar is not None:
         bar.close()
-    save_weights("final.pth")  # also when --max-steps stopped the run: its weights, loadable as they are
+    write_weights("final.pth")  # also when --max-steps stopped the run: its weights, loadable as they are
     summary = {"step": step, "epochs_done": step // iters_per_epoch, "best_ap": best_ap, "last_eval": last_eval, "images_per_s": ips}
     log(json.dumps({"summary": summary}))
     if own_group:
@@ -878,24 +590,24 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     return summary
 
 
-def save_due(policy: SavePolicy, step: int, world: int) -> bool:
-    """Whether ``--save-every`` asks for a checkpoint now; a wall-time policy is decided by rank 0 (every rank
-    must enter the checkpoint's collectives together)."""
-    due = policy.due(step)
-    if world > 1 and policy.seconds is not None:
-        flag = torch.tensor([int(due)])
-        dist.broadcast(flag, 0)
-        due = bool(flag.item())
-    return due
-
-
 def _jsonable(d: Dict[str, Any]) -> Dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
-def run() -> None:
-    """The command line: train, then let every rank leave together."""
-    main()
+def run(argv: Optional[List[str]] = None) -> None:
+    """The command line: train, then let every rank leave together. A mistake in the options or the input files
+    (every rank meets it alike) is one line on stderr, from rank 0 only, and exit status 1."""
+    try:
+        main(argv)
+    except (ValueError, OSError, ImportError) as e:  # CheckpointError, CheckpointFileError are ValueErrors
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        if int(os.environ.get("RANK", "0")) != 0:
+            raise SystemExit(1) from None
+        text = " ".join(str(e).split()) or type(e).__name__
+        if isinstance(e, OSError) and e.filename is not None and e.strerror:
+            text = f"{e.filename}: {e.strerror}"
+        raise SystemExit(f"train: {text}") from None
     if dist.is_initialized():
         # Every rank reaches here before any tears gloo down (a rank exiting while another is still in its last
         # collective can abort the process at exit).
