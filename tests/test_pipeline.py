@@ -107,14 +107,18 @@ def test_heatmaps_match_hf_on_identical_inputs(hf_pair):
 
 
 def test_predict_matches_hf_pipeline(hf_pair):
-    """End to end on boxes inside the image: our crops + model vs the HF processor + model, with our decoder on
+    """End to end on crops inside the image: our crops + model vs the HF processor + model, with our decoder on
     both (HF decodes with a sigma-0.8 blur instead of the official kernel-11 OpenCV blur, so keypoints are
     compared through the same decoder; the raw-maximum scores and the integer argmax are decoder-independent)."""
     hf, ours, proc = hf_pair
     rng = rng_from_torch()
     img = smooth_image(120, 90, rng)
     n = 6
-    boxes = np.concatenate([rng.uniform(15, 40, (n, 2)), rng.uniform(5, 30, (n, 1)), rng.uniform(5, 40, (n, 1))], 1)
+    # Boxes of 5-30 x 5-40 px whose padded crop (aspect-fitted to 3:4, x1.25: at most 37.5 x 50 px) stays inside
+    # the 90 x 120 image: outside it scipy's border (HF) and grid_sample's zeros differ by design.
+    wh = np.concatenate([rng.uniform(5, 30, (n, 1)), rng.uniform(5, 40, (n, 1))], 1)
+    centers = np.concatenate([rng.uniform(20, 70, (n, 1)), rng.uniform(26, 94, (n, 1))], 1)
+    boxes = np.concatenate([centers - wh / 2, wh], 1)
     spy = Spy(ours)
     got = pipeline.predict(spy, img, boxes, box_format="xywh", flip_test=False)
     assert len(got) == n
