@@ -126,10 +126,11 @@ print('python', sys.version.split()[0], *[f'{n} {v(n)}' for n in ('torch', 'trit
 } > "$WORK/environment.txt" 2>&1
 
 RUN="$PY benchmarks/run.py"
+RUN_KERNELS=$RUN
 if [ "$DRY" = 1 ]; then
     # Tiny shapes, one iteration; the kernels run in the Triton interpreter, and the model's "auto" backend takes
     # them as on a GPU (on a CPU it would take the torch ops).
-    RUN="env VITPOSE_FAST_BACKEND=triton $RUN"
+    RUN_KERNELS="env VITPOSE_FAST_BACKEND=triton $RUN"
     PYTEST_GPU="--collect-only"
     # --count-compiles: the gpu tests run on the CPU with their kernel launches recorded, not run (their results
     # mean nothing: failures are expected, rc 1); a collection error still fails the step.
@@ -177,8 +178,8 @@ step setup 20 bash -c "$PY -c 'import vitpose_fast.kernels' 2>/dev/null && echo 
 COMPILES=$C_PYTEST step pytest_gpu $(limit 40 $C_PYTEST $XDIST_WORKERS) env VITPOSE_FAST_COMPILE_LOG_ONLY=$COUNT \
     bash -c '"$@"; rc=$?; [ $rc -eq 1 ] && [ "$VITPOSE_FAST_COMPILE_LOG_ONLY" = 1 ] && rc=0; exit $rc' pytest \
     $PY -m pytest -m gpu -q -rfE --no-header $PYTEST_GPU --junitxml="$WORK/pytest_gpu.xml"
-COMPILES=$C_MAIN step main_h_576x432 $(limit 70 $C_MAIN) $RUN $H --out "$WORK/run/main_h_576x432" --backends sdpa-bf16,vitpose_fast,vitpose_fast-fp8,hf,hf-bf16
-COMPILES=$C_TRAIN step train_b_256x192 $(limit 30 $C_TRAIN) $RUN $B_TRAIN --out "$WORK/run/train_b_256x192" --train --only-extra --backends sdpa-bf16,vitpose_fast
+COMPILES=$C_MAIN step main_h_576x432 $(limit 70 $C_MAIN) $RUN_KERNELS $H --out "$WORK/run/main_h_576x432" --backends sdpa-bf16,vitpose_fast,vitpose_fast-fp8,hf,hf-bf16
+COMPILES=$C_TRAIN step train_b_256x192 $(limit 30 $C_TRAIN) $RUN_KERNELS $B_TRAIN --out "$WORK/run/train_b_256x192" --train --only-extra --backends sdpa-bf16,vitpose_fast
 COMPILES=$C_ATTENTION step bench_attention $(limit 25 $C_ATTENTION) $PY benchmarks/bench_attention.py $ATTENTION --out "$WORK/bench_attention.json"
 COMPILES=$C_SIMPLE step bench_simple_decoder $(limit 12 $C_SIMPLE) $PY benchmarks/bench_simple_decoder.py $SIMPLE --out "$WORK/bench_simple_decoder.json"
 COMPILES=$C_HEATMAP step bench_heatmap_decode $(limit 10 $C_HEATMAP) $PY benchmarks/bench_heatmap_decode.py $HEATMAP --out "$WORK/bench_heatmap_decode.json"

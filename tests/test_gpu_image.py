@@ -136,3 +136,15 @@ print(x[:6].tolist())
     assert proc.stdout.split("\n")[0] == "[0.0, 0.0, 1.0, 2.0, 3.0, 4.0]"  # the kernels ran (x[1:] last wrote)
     assert gpu_image.count_compiles(log) == 6
     assert {r["kernel"] for r in gpu_image.read_compiles(log)} == {"__main__.k"}
+
+
+def test_coco_without_pycocotools_names_the_install(monkeypatch, tmp_path):
+    from vitpose_fast.data.coco import load_coco
+    from vitpose_fast.inference.evaluation import evaluate_coco
+
+    for name in ("pycocotools", "pycocotools.coco", "pycocotools.cocoeval"):
+        monkeypatch.setitem(sys.modules, name, None)  # as absent: importing it raises ImportError
+    with pytest.raises(ImportError, match=r"pip install pycocotools"):
+        load_coco(tmp_path / "ann.json")
+    with pytest.raises(ImportError, match=r"pip install pycocotools"):
+        evaluate_coco([{"image_id": 1}], str(tmp_path / "ann.json"))
