@@ -3,11 +3,13 @@
     python3 benchmarks/campaign_report.py --work WORK --out OUT
 
 ``gpu_campaign.sh`` calls it after every step, so whatever stops the campaign, the output folder holds the latest
-state. ``WORK`` holds ``steps.tsv`` (one line per step: name, status, seconds, limit, command), ``campaign.json``
-(dry run or not, budget, start time), ``environment.txt``, ``logs/<step>.log``, ``compiles/<step>.jsonl`` (dry run: the kernel specialisations launched), ``pytest_gpu.xml`` (JUnit),
-``run/<step>/*.json`` (``benchmarks/run.py`` payloads) and ``bench_*.json`` (the
-micro-benchmarks' result files). A step whose command succeeded but one of whose rows errored (a ``run.py``
-row noted ``error: ...``, a micro-benchmark row with ``error``) is FAILED, and ``summary.md`` names those rows. Plain Python: no torch import, so a call costs well under a second.
+state. ``WORK`` holds ``steps.tsv`` (one line per step: name, status, seconds, limit, command, expected Triton
+compilations), ``campaign.json`` (dry run or not, budget, start time), ``environment.txt``, ``logs/<step>.log``,
+``compiles/<step>.jsonl`` (dry run: the kernel specialisations each step launched), ``pytest_gpu.xml`` (JUnit),
+``run/<step>/*.json`` (``benchmarks/run.py`` payloads) and ``bench_*.json`` (the micro-benchmarks' result
+files). A step whose command succeeded but one of whose rows errored (a ``run.py`` row noted ``error: ...``, a
+micro-benchmark row with ``error``) is FAILED, and ``summary.md`` names those rows. Plain Python: no torch
+import, so a call costs well under a second.
 """
 
 from __future__ import annotations
