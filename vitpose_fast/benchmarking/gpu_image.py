@@ -33,8 +33,10 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
 # What the GPU machine's image lacks (its top-level import names): the COCO APIs, PyAV, the vendor attention
-# kernels and the mm* frameworks.
-ABSENT_PACKAGES = ("pycocotools", "xtcocotools", "av", "xformers", "flash_attn", "mmpose", "mmcv", "mmengine")
+# kernels, the mm* frameworks, and the optional features' packages CI installs (Ray, the tracking metrics, the
+# YOLO detector).
+ABSENT_PACKAGES = ("pycocotools", "xtcocotools", "av", "xformers", "flash_attn", "mmpose", "mmcv", "mmengine",
+                   "ray", "motmetrics", "trackeval", "ultralytics")
 
 COMPILE_LOG_ENV = "VITPOSE_FAST_COMPILE_LOG"
 COMPILE_LOG_ONLY_ENV = "VITPOSE_FAST_COMPILE_LOG_ONLY"
