@@ -26,8 +26,8 @@ memory of one call above what the inputs already hold. Before a row runs, the me
 (:func:`bytes_needed`: the torch baseline with rel-pos materialises a bias over every query-key pair, about 31 GB
 for ViTPose-H's global attention at batch 64) is checked against the device's free memory: a row that cannot fit
 is skipped with the reason in its ``skipped`` column, an out-of-memory error skips the row too, any other error
-is an ``error`` row, and the benchmark goes on with the next one. With ``--out`` the JSON file is rewritten after every row,
-so a run stopped by a time limit keeps what it finished. On CPU (or with ``--tiny``) the shapes shrink to a tiny
+is an ``error`` row, and the benchmark goes on with the next one. With ``--out`` the JSON file is rewritten
+after every row, so a run stopped by a time limit keeps what it finished. On CPU (or with ``--tiny``) the shapes shrink to a tiny
 case and, on CPU, the kernel runs in the Triton interpreter: that only shows the script runs; the figures need a
 GPU.
 """

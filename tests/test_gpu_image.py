@@ -99,7 +99,8 @@ def test_blocker_hides_the_absent_packages_only(tmp_path):
     code = ("import importlib.util, sys\n"
             "assert importlib.util.find_spec('pycocotools') is None and importlib.util.find_spec('json') is None\n"
             "for name in ('pycocotools.coco', 'json'):\n"
-            "    try:\n        __import__(name)\n    except ModuleNotFoundError as e:\n        print('blocked', e.name)\n"
+            "    try:\n        __import__(name)\n"
+            "    except ModuleNotFoundError as e:\n        print('blocked', e.name)\n"
             "import numpy, csv\nprint('ok')\n")
     env = dict(os.environ, PYTHONPATH=str(folder))
     env.pop(gpu_image.COMPILE_LOG_ENV, None)
