@@ -28,6 +28,7 @@ setup(
             "pytest",
             "pytest-benchmark",
             "transformers>=4.48",
+            "kernels",  # transformers' own dependency (5.2x): tests/test_install.py checks kernels/ never shadows it
             "safetensors",
             "opencv-python-headless",
             "scipy",  # transformers' VitPose image processor warps and blurs with scipy

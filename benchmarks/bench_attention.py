@@ -22,8 +22,12 @@ Implementations:
 Per row: median / p20 / p80 ms (``triton.testing.do_bench``), speedup over ``torch``, useful TFLOP/s
 (4 * B * heads * d * visible query-key pairs per forward, x3.5 for fwd+bwd, FA2's convention; masked and padded
 pairs are not counted), that rate over the bf16 peak (``roofline``, :data:`common.PEAK_FLOPS`) and the peak
-memory of one call above what the inputs already hold. With ``--out`` the JSON file is rewritten after every row,
-so a run stopped by a time limit keeps what it finished. On CPU (or with ``--tiny``) the shapes shrink to a tiny
+memory of one call above what the inputs already hold. Before a row runs, the memory it needs
+(:func:`bytes_needed`: the torch baseline with rel-pos materialises a bias over every query-key pair, about 31 GB
+for ViTPose-H's global attention at batch 64) is checked against the device's free memory: a row that cannot fit
+is skipped with the reason in its ``skipped`` column, an out-of-memory error skips the row too, any other error
+is an ``error`` row, and the benchmark goes on with the next one. With ``--out`` the JSON file is rewritten
+after every row, so a run stopped by a time limit keeps what it finished. On CPU (or with ``--tiny``) the shapes shrink to a tiny
 case and, on CPU, the kernel runs in the Triton interpreter: that only shows the script runs; the figures need a
 GPU.
 """
@@ -40,8 +44,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from vitpose_fast.benchmarking.common import (
-    RESULTS_DIR, PeakMemory, ResultFile, device_slug, do_bench, environment, interpreter_on_cpu, roofline,
-    text_table,
+    RESULTS_DIR, PeakMemory, ResultFile, device_slug, do_bench, environment, fits, interpreter_on_cpu, is_oom,
+    roofline, text_table,
 )
 
 # name -> (batch, (Hp, Wp), heads, head_dim, window)
@@ -55,7 +59,7 @@ MODES = ("global", "window", "shift", "pool", "shift_pool")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 IMPLS = ("torch", "triton", "flex", "sdpa", "flash", "xformers")
 COLUMNS = ["case", "spec", "rel_pos", "mode", "impl", "ms", "p20", "p80", "speedup", "tflops", "roofline",
-           "extra_mib"]
+           "extra_mib", "skipped", "error"]
 
 
 def _spec(mode: str, window: Tuple[int, int], rel_pos: bool):
@@ -74,6 +78,27 @@ def visible_pairs(spec, grid: Tuple[int, int]) -> int:
     pairs = int(torch.bincount(win * 9 + reg).square().sum())
     n = grid[0] * grid[1]
     return pairs + (n * geometry(spec, grid).num_windows if spec.pool else 0)
+
+
+def bytes_needed(impl: str, spec, grid: Tuple[int, int], batch: int, heads: int, d: int, dtype: torch.dtype,
+                 mode: str) -> int:
+    """Device memory one call of ``impl`` needs, estimated: q, k, v, the output and, with the backward, their
+    gradients; the torch composition with rel-pos also materialises the bias over every query-key pair of a
+    window (global: [B, heads, N, N]), in ``dtype``: twice in the forward (the bias, and the copy SDPA's
+    mem-efficient kernel aligns or the mask fills), four times with the backward (the bias saved, its gradient
+    and their copies). The fused kernels keep no such matrix."""
+    from vitpose_fast.reference.attention import geometry
+
+    size = torch.empty((), dtype=dtype).element_size()
+    n = grid[0] * grid[1]
+    tokens = batch * n * heads * d * size
+    total = tokens * (5 if mode == "fwd" else 9)  # qkv + grad_out (given) + out; + dqkv + dout
+    if impl == "torch" and spec.rel_pos:
+        g = geometry(spec, grid)
+        keys = g.window_tokens + (g.num_windows if spec.pool else 0)
+        pairs = batch * heads * g.num_windows * g.window_tokens * keys
+        total += pairs * size * (2 if mode == "fwd" else 4)
+    return total
 
 
 def _flex(spec, grid: Tuple[int, int], device: torch.device) -> Optional[Callable]:
@@ -166,27 +191,39 @@ def bench_case(name: str, case, dtype: torch.dtype, device: torch.device, modes:
             for mode in modes:
                 base_ms: Optional[float] = None
                 for impl, fn in _impls(spec, grid, device, dtype, impls).items():
-                    run = _step(fn, qkv, tables, spec, grid, grad_out, mode)
-                    try:
-                        ms, p20, p80 = do_bench(run, device, rep_ms=rep_ms)
-                    except Exception as exc:  # noqa: BLE001 - e.g. Flex without d80 support: report, go on
-                        print(f"{name} {spec_name} rel_pos={rp} {mode} {impl}: skipped ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:120]})")
-                        continue
-                    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-                    with PeakMemory(device) as peak:
-                        run()
-                    extra = None if peak.mib is None else peak.mib - before / 2**20
-                    base_ms = ms if impl == "torch" else base_ms
-                    row = {
-                        "case": name, "spec": spec_name, "rel_pos": rp, "mode": mode, "impl": impl, "ms": ms,
-                        "p20": p20, "p80": p80, "speedup": base_ms / ms if base_ms else None,
-                        **roofline(ms, flops=flops * (1 if mode == "fwd" else 3.5), dtype=dtype), "extra_mib": extra,
-                    }
+                    label = {"case": name, "spec": spec_name, "rel_pos": rp, "mode": mode, "impl": impl}
+                    ok, why = fits(bytes_needed(impl, spec, grid, batch, heads, d, dtype, mode), device)
+                    row = dict(label, skipped=why) if not ok else _time(run=_step(fn, qkv, tables, spec, grid,
+                                                                                  grad_out, mode),
+                                                                        label=label, device=device, rep_ms=rep_ms)
+                    if row.get("ms"):
+                        base_ms = row["ms"] if impl == "torch" else base_ms
+                        row.update(speedup=base_ms / row["ms"] if base_ms else None,
+                                   **roofline(row["ms"], flops=flops * (1 if mode == "fwd" else 3.5), dtype=dtype))
+                    else:
+                        print(f"{name} {spec_name} rel_pos={rp} {mode} {impl}: "
+                              f"{'skipped: ' + row['skipped'] if row.get('skipped') else row.get('error')}")
                     rows.append(row)
                     result.add(row)
             del qkv, grad_out
     return rows
+
+
+def _time(run: Callable[[], None], label: Dict[str, object], device: torch.device, rep_ms: float) -> Dict[str, object]:
+    """The timed row of one implementation; out of memory is a skip (the next one still runs), any other
+    exception an ``error`` row."""
+    try:
+        ms, p20, p80 = do_bench(run, device, rep_ms=rep_ms)
+        before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        with PeakMemory(device) as peak:
+            run()
+    except Exception as exc:  # noqa: BLE001 - reported in the row; the benchmark goes on
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        what = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+        return dict(label, **({"skipped": f"out of memory ({what})"} if is_oom(exc) else {"error": what}))
+    extra = None if peak.mib is None else peak.mib - before / 2**20
+    return dict(label, ms=ms, p20=p20, p80=p80, extra_mib=extra)
 
 
 def _step(fn: Callable, qkv, tables, spec, grid, grad_out, mode: str) -> Callable[[], None]:

@@ -3,10 +3,13 @@
     python3 benchmarks/campaign_report.py --work WORK --out OUT
 
 ``gpu_campaign.sh`` calls it after every step, so whatever stops the campaign, the output folder holds the latest
-state. ``WORK`` holds ``steps.tsv`` (one line per step: name, status, seconds, limit, command), ``campaign.json``
-(dry run or not, budget, start time), ``environment.txt``, ``logs/<step>.log``, ``pytest_gpu.xml`` (JUnit),
-``run/<step>/*.json`` (``benchmarks/run.py`` payloads) and ``bench_*.json`` (the
-micro-benchmarks' result files). Plain Python: no torch import, so a call costs well under a second.
+state. ``WORK`` holds ``steps.tsv`` (one line per step: name, status, seconds, limit, command, expected Triton
+compilations), ``campaign.json`` (dry run or not, budget, start time), ``environment.txt``, ``logs/<step>.log``,
+``compiles/<step>.jsonl`` (dry run: the kernel specialisations each step launched), ``pytest_gpu.xml`` (JUnit),
+``run/<step>/*.json`` (``benchmarks/run.py`` payloads) and ``bench_*.json`` (the micro-benchmarks' result
+files). A step whose command succeeded but one of whose rows errored (a ``run.py`` row noted ``error: ...``, a
+micro-benchmark row with ``error``) is FAILED, and ``summary.md`` names those rows. Plain Python: no torch
+import, so a call costs well under a second.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Dict, List, Optional
 
 from vitpose_fast.benchmarking.tables import markdown_table
 
+STEP_COLUMNS = ["step", "status", "seconds", "limit_s", "compiles", "recorded_compiles", "command"]
 RUN_COLUMNS = ["mode", "attention", "backend", "dtype", "batch", "images_s", "ms_image", "p50_ms", "p90_ms",
                "peak_mib", "mfu", "hm_diff", "vs_sdpa", "vs_compile", "vs_hf", "mfu_target", "note"]
 
@@ -32,9 +36,13 @@ def read_steps(work: Path) -> List[Dict[str, object]]:
     path = work / "steps.tsv"
     if path.exists():
         for line in path.read_text().splitlines():
-            name, status, seconds, limit, command = (line.split("\t") + [""] * 5)[:5]
-            steps.append({"step": name, "status": status, "seconds": int(seconds or 0), "limit_s": int(limit or 0),
-                          "command": command})
+            name, status, seconds, limit, command, compiles = (line.split("\t") + [""] * 6)[:6]
+            step = {"step": name, "status": status, "seconds": int(seconds or 0), "limit_s": int(limit or 0),
+                    "compiles": int(compiles or 0), "command": command}
+            log = work / "compiles" / f"{name}.jsonl"
+            if log.exists():  # a dry run: the distinct kernel specialisations its interpreter launched
+                step["recorded_compiles"] = len({line for line in log.read_text().splitlines() if line.strip()})
+            steps.append(step)
     return steps
 
 
@@ -68,14 +76,39 @@ def read_json(path: Path) -> Optional[dict]:
         return None
 
 
+def failed_rows(step: str, rows: List[dict]) -> List[str]:
+    """The rows of ``step`` that errored, named (an error is a failure; a skip with its reason, or an
+    out-of-memory row ending a batch sweep, is not)."""
+    out = []
+    for r in rows:
+        note = str(r.get("note") or "")
+        error = r.get("error") or (note if note.startswith("error") else None)
+        if error:
+            name = " ".join(str(r[k]) for k in ("case", "spec", "rel_pos", "mode", "attention", "backend",
+                                                "batch", "impl") if r.get(k) is not None)
+            out.append(f"{step}: {name}: {error}")
+    return out
+
+
+def _mark_failed(steps: List[Dict[str, object]], failures: Dict[str, List[str]]) -> None:
+    for s in steps:
+        rows = failures.get(s["step"])
+        if rows and s["status"] == "ok":
+            s["status"] = f"FAILED ({len(rows)} error row{'s' if len(rows) > 1 else ''})"
+        if rows:
+            s["failed_rows"] = rows
+
+
 def collect(work: Path) -> Dict[str, object]:
     campaign = read_json(work / "campaign.json") or {}
     steps = read_steps(work)
+    failures: Dict[str, List[str]] = {}
     runs = []
     order = {s["step"]: i for i, s in enumerate(steps)}
     for path in sorted((work / "run").glob("*/*.json"), key=lambda p: (order.get(p.parent.name, len(order)), p)):
         payload = read_json(path)
         if payload and "rows" in payload:
+            failures.setdefault(path.parent.name, []).extend(failed_rows(path.parent.name, payload["rows"]))
             runs.append({"step": path.parent.name, "file": path.name, **{k: payload.get(k) for k in (
                 "title", "environment", "plan", "matmul_tflops", "mfu_base_tflops", "gflops_per_image", "rows",
                 "skipped", "notes", "wall_s")}})
@@ -84,6 +117,8 @@ def collect(work: Path) -> Dict[str, object]:
         payload = read_json(path)
         if payload is not None:
             micro[path.stem] = payload
+            failures.setdefault(path.stem, []).extend(failed_rows(path.stem, payload.get("rows", [])))
+    _mark_failed(steps, failures)
     env_txt = work / "environment.txt"
     return {
         "campaign": dict(campaign, steps=steps, elapsed_s=int(time.time() - campaign.get("start", time.time()))),
@@ -111,7 +146,13 @@ def summary(data: Dict[str, object]) -> str:
                "The figures only show that the steps run."]
     md += [f"- roofline: achieved rate over the H200 ceilings of `benchmarks/common.py` (PEAK_FLOPS, "
            "PEAK_BYTES_S); 1.0 is the floor", ""]
-    md += ["## Steps", "", markdown_table(c.get("steps", []), ["step", "status", "seconds", "limit_s", "command"]), ""]
+    steps = c.get("steps", [])
+    md += ["## Steps", "", markdown_table(steps, [k for k in STEP_COLUMNS if any(k in s for s in steps)]), ""]
+    md += ["`compiles`: the distinct Triton compilations the step needs on a fresh GPU machine (its limit allows "
+           "for them)" + ("; `recorded_compiles`: those this dry run's tiny shapes launched" if dry else ""), ""]
+    failed = [row for s in c.get("steps", []) for row in s.get("failed_rows", [])]
+    if failed:
+        md += ["Failed rows:", ""] + [f"- {row}" for row in failed] + [""]
     env = str(data.get("environment", "")).strip()
     if env:
         md += ["## Environment", "", "```", env, "```", ""]
@@ -171,8 +212,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--status-of", metavar="STEP", help="then print that step's status (FAILED when a row of "
+                        "it errored, even though its command succeeded)")
     args = parser.parse_args(argv)
     write(args.work, args.out)
+    if args.status_of:
+        steps = {s["step"]: s for s in collect(args.work)["campaign"]["steps"]}
+        print(steps[args.status_of]["status"] if args.status_of in steps else "unknown")
     return 0
 
 

@@ -6,7 +6,8 @@ those branches use with a fake that returns what the real one returns, in type a
 - ``torch.cuda.Event(enable_timing=True)``: ``record()``, ``synchronize()``, ``query() -> bool``,
   ``elapsed_time(end) -> float`` milliseconds (host clock), a RuntimeError when either event was not recorded;
 - ``torch.cuda.synchronize/empty_cache/reset_peak_memory_stats``: no-ops; ``memory_allocated`` and
-  ``max_memory_allocated`` -> int bytes;
+  ``max_memory_allocated`` -> int bytes; ``mem_get_info`` -> (free, total) int bytes, free as the test sets
+  ``state.free`` (default: the total less what is allocated);
 - ``torch.cuda.get_device_name -> str``, ``get_device_properties`` -> an object with ``name``,
   ``total_memory`` (int bytes), ``multi_processor_count``, ``major``, ``minor``, ``L2_cache_size``;
 - ``torch.cuda.Stream/stream/current_stream`` and ``torch.cuda.CUDAGraph/graph``: the capture runs the body once
@@ -30,6 +31,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Optional
 
 import pytest
 import torch
@@ -53,6 +55,7 @@ class FakeCudaState:
     capturing: bool = False
     allocated: int = 3 * 2**20
     peak: int = 7 * 2**20
+    free: Optional[int] = None  # device memory free for mem_get_info (None: total less allocated)
 
 
 def _is_cuda(device) -> bool:
@@ -213,6 +216,10 @@ def install(monkeypatch) -> FakeCudaState:
     def memory_allocated(device=None) -> int:
         return int(state.allocated)
 
+    def mem_get_info(device=None):
+        free = props.total_memory - state.allocated if state.free is None else state.free
+        return int(free), int(props.total_memory)
+
     props = SimpleNamespace(name=DEVICE_NAME, total_memory=143771 * 2**20, multi_processor_count=132, major=9,
                             minor=0, L2_cache_size=60 * 2**20)
 
@@ -221,7 +228,7 @@ def install(monkeypatch) -> FakeCudaState:
         synchronize=synchronize, Event=Event, Stream=Stream, stream=StreamContext,
         current_stream=lambda device=None: Stream(), CUDAGraph=CUDAGraph, graph=graph,
         reset_peak_memory_stats=reset_peak_memory_stats, max_memory_allocated=max_memory_allocated,
-        memory_allocated=memory_allocated, empty_cache=lambda: None,
+        memory_allocated=memory_allocated, mem_get_info=mem_get_info, empty_cache=lambda: None,
         get_device_name=lambda device=None: DEVICE_NAME, get_device_properties=lambda device=None: props,
         current_device=lambda: 0,
     ).items():

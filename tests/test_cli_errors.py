@@ -253,3 +253,12 @@ def test_console_script_prints_one_line(tiny, tmp_path):
                           timeout=120)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("vitpose-fast: ") and "x.pth" in proc.stderr
+
+
+def test_eval_without_pycocotools_names_the_install(tiny, tmp_path, capsys, monkeypatch):
+    _, weights, images = tiny
+    (tmp_path / "ann.json").write_text("{}")
+    for name in ("pycocotools", "pycocotools.coco", "pycocotools.cocoeval"):
+        monkeypatch.setitem(sys.modules, name, None)  # absent, as on the GPU image
+    _fails(["eval", "--weights", weights, "--device", "cpu", "--ann", tmp_path / "ann.json", "--images", images],
+           r"need pycocotools \(pip install pycocotools\)", capsys)

@@ -136,3 +136,44 @@ def test_micro_benchmarks_on_cuda(fake_cuda, tmp_path, name, argv):
     assert fake_cuda.elapsed_reads > 0
     if name == "bench_attention":
         assert {r["impl"] for r in saved["rows"]} == {"torch", "sdpa"}  # sdpa: a CUDA-only row
+
+
+def test_bench_attention_skips_what_cannot_fit_and_goes_on_after_oom(fake_cuda, monkeypatch):
+    """The torch baseline with rel-pos materialises its bias over every query-key pair: with less device memory
+    free than it needs it is skipped with the reason in its row, before anything is allocated; an out-of-memory
+    error in a call is a skipped row too, any other error an ``error`` row, and the next row still runs."""
+    bench = _bench("bench_attention")
+    from vitpose_fast.benchmarking.common import ResultFile
+
+    case = (2, (8, 6), 2, 16, (4, 4))
+    batch, grid, heads, d, _ = case
+    spec = bench._spec("global", None, True)
+    torch_needs = bench.bytes_needed("torch", spec, grid, batch, heads, d, torch.float32, "fwd")
+    triton_needs = bench.bytes_needed("triton", spec, grid, batch, heads, d, torch.float32, "fwd")
+    assert torch_needs >= triton_needs + 2 * batch * heads * (grid[0] * grid[1]) ** 2 * 4  # the [B, h, N, N] bias
+    fake_cuda.free = (torch_needs + triton_needs) // 2
+    result = ResultFile(None, {})
+    rows = bench.bench_case("tiny", case, torch.float32, torch.device("cuda"), ["fwd"], ["global"], [True], 1,
+                            result, impls=("torch", "triton"))
+    by_impl = {r["impl"]: r for r in rows}
+    assert "ms" not in by_impl["torch"] and "GiB free" in by_impl["torch"]["skipped"]
+    assert by_impl["triton"]["ms"] > 0 and not by_impl["triton"].get("skipped")
+
+    fake_cuda.free = None
+    calls = []
+
+    def failing(run, device, rep_ms):
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 31.00 GiB")
+        if len(calls) == 2:
+            raise RuntimeError("an unexpected failure")
+        return [1.0, 0.9, 1.1]
+
+    monkeypatch.setattr(bench, "do_bench", failing)
+    rows = bench.bench_case("tiny", case, torch.float32, torch.device("cuda"), ["fwd"], ["global", "window"],
+                            [False], 1, result, impls=("torch", "sdpa"))
+    assert [r["impl"] for r in rows] == ["torch", "sdpa", "torch"]  # window has no sdpa row
+    assert rows[0]["skipped"].startswith("out of memory (OutOfMemoryError")
+    assert rows[1]["error"] == "RuntimeError: an unexpected failure" and "ms" not in rows[1]
+    assert rows[2]["ms"] == 1.0 and result.rows[-3:] == rows

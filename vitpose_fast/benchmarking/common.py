@@ -183,6 +183,27 @@ def _trim_heap() -> None:
         pass
 
 
+def free_device_bytes(device: torch.device) -> Optional[int]:
+    """Free memory of a CUDA device in bytes (``torch.cuda.mem_get_info``); None elsewhere (no limit known)."""
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.mem_get_info(device)[0])
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is an out-of-memory error (torch's, or a backend's message saying so)."""
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(exc, oom) or "out of memory" in str(exc).lower()
+
+
+def fits(need_bytes: int, device: torch.device, headroom: float = 0.9) -> Tuple[bool, str]:
+    """(whether ``need_bytes`` fits in ``headroom`` of the device's free memory, the reason when it does not)."""
+    free = free_device_bytes(device)
+    if free is None or need_bytes <= headroom * free:
+        return True, ""
+    return False, f"needs about {need_bytes / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free on the device"
+
+
 class PeakMemory:
     """Peak memory of the code inside ``with``, in MiB (``.mib``; ``None`` when it cannot be measured).
 

@@ -42,6 +42,8 @@ def run(args) -> int:
         coco = load_coco(args.ann)
     except (AssertionError, KeyError, TypeError, ValueError) as e:  # pycocotools asserts the layout
         raise CliError(f"--ann {args.ann}: not a COCO keypoints annotation file ({type(e).__name__}: {e})") from None
+    except ImportError as e:  # no pycocotools here
+        raise CliError(str(e)) from None
     image_ids = sorted(coco.getImgIds())
     names = [coco.loadImgs(i)[0]["file_name"] for i in image_ids]
     dets = None

@@ -49,9 +49,20 @@ class PersonRecord:
     visible: np.ndarray  # [K, 3] float32 (v, v, 0), v in {0, 1}
 
 
+def pycocotools():
+    """(``COCO``, ``COCOeval``) from pycocotools, imported when COCO data is used (some machines, such as GPU
+    images, lack it)."""
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as e:
+        raise ImportError("COCO annotations and evaluation need pycocotools (pip install pycocotools)") from e
+    return COCO, COCOeval
+
+
 def load_coco(ann_file: Union[str, os.PathLike]):
     """pycocotools ``COCO`` without its progress prints."""
-    from pycocotools.coco import COCO
+    COCO, _ = pycocotools()
 
     if not Path(ann_file).exists():
         raise FileNotFoundError(f"annotation file {str(ann_file)!r} does not exist (expected COCO keypoints json)")

@@ -122,8 +122,9 @@ def evaluate_coco(results: List[dict], ann_file, sigmas: Optional[Sequence[float
     COCO's) sets ``params.kpt_oks_sigmas``. Returns {name: value} for ``STATS_NAMES``. ``quiet`` silences the
     pycocotools prints.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    from vitpose_fast.data.coco import pycocotools
+
+    COCO, COCOeval = pycocotools()
 
     if not results:
         raise ValueError("no results to evaluate (pycocotools cannot load an empty result list)")
@@ -218,7 +219,9 @@ class EvalPersons:
 
 def coco_subset(coco, image_ids: Sequence[int]):
     """A COCO object restricted to ``image_ids`` (COCOeval scores every image of its ground truth)."""
-    from pycocotools.coco import COCO
+    from vitpose_fast.data.coco import pycocotools
+
+    COCO, _ = pycocotools()
 
     keep = set(image_ids)
     d = coco.dataset
