@@ -9,7 +9,7 @@ from PIL import Image
 
 from vitpose_fast.cli import commands as cli
 from vitpose_fast.data.synthetic import make_synthetic_coco
-from vitpose_fast.model.model import Model
+from vitpose_fast import Model
 
 
 @pytest.fixture(scope="module")

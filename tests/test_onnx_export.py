@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vitpose_fast.cli import commands as cli
-from vitpose_fast.model.model import Model
+from vitpose_fast import Model
 from vitpose_fast.model.onnx_export import OnnxExportError, check_onnx
 
 onnx = pytest.importorskip("onnx")

@@ -47,7 +47,7 @@ from vitpose_fast.config import PRESET_NAMES
 from vitpose_fast.data.crop import box_to_center_scale
 from vitpose_fast.data.datasets import DATASETS
 from vitpose_fast.inference.decode import DECODE_METHODS
-from vitpose_fast.model.fp8 import PRECISIONS
+from vitpose_fast.model.precision import PRECISIONS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -60,20 +60,12 @@ def _warn(msg: str) -> None:
     print(f"vitpose-fast: {msg}", file=sys.stderr)
 
 
-def _load_model(weights: str, preset: Optional[str], device: str, precision: str = "fp32"):
-    from vitpose_fast.model.checkpoint import load_into, read_checkpoint
-    from vitpose_fast.model.fp8 import Fp8UnavailableError, apply_precision, check_fp8_support
-    from vitpose_fast.model.model import Model
+def _load_model(weights: str, preset: Optional[str], device: str, precision: Optional[str] = None):
+    from vitpose_fast.inference.model import Model
+    from vitpose_fast.model.fp8 import Fp8UnavailableError
 
     try:
-        if precision == "fp8":  # before loading: a GPU without FP8 says so at once
-            check_fp8_support(torch.device(device))
-        if preset is None:
-            model = Model.from_pretrained(weights)
-        else:
-            model = Model.from_config(preset)
-            load_into(model, read_checkpoint(weights)[0])
-        return apply_precision(model.to(device).eval(), precision)
+        return Model.load(weights, preset, device=device, precision=precision)
     except Fp8UnavailableError as e:
         raise SystemExit(f"vitpose-fast: --precision fp8: {e}") from None
 
@@ -515,10 +507,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_export(args) -> int:
-    from vitpose_fast.model.onnx_export import cmd_export
+def _parse_res(value: str):
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"vitpose-fast: --res expects HxW (e.g. 256x192), got {value!r}") from None
+    return h, w
 
-    return cmd_export(args)
+
+def _cmd_export(args) -> int:
+    """``vitpose-fast export --onnx OUT.onnx --weights W [--res HxW] [--dataset-index I] [--batch N] [--check]``."""
+    from vitpose_fast.model.checkpoint import CheckpointError
+    from vitpose_fast.model.onnx_export import OnnxExportError, check_onnx, export_onnx
+    from vitpose_fast.inference.model import Model
+
+    overrides = {"res": _parse_res(args.res)} if args.res else {}
+    try:
+        model = Model.load(args.weights, args.model, precision="fp32", **overrides)
+        path = export_onnx(model, args.onnx, batch=args.batch, opset=args.opset, dataset_index=args.dataset_index)
+    except (CheckpointError, OnnxExportError, ImportError) as e:
+        raise SystemExit(f"vitpose-fast: {e}") from e
+    h, w = model.config.backbone.img_size
+    batch = "dynamic batch" if args.batch is None else f"batch {args.batch}"
+    print(f"wrote {path}: pixel_values [{batch}, 3, {h}, {w}] -> heatmaps, opset {args.opset}")
+    if args.check:
+        errors = check_onnx(model, path, batches=(1, 3) if args.batch is None else (args.batch,),
+                            dataset_index=args.dataset_index)
+        print("ONNX Runtime vs PyTorch (fp32), max |diff| / max |heatmap|: "
+              + ", ".join(f"batch {b}: {e:.2e}" for b, e in errors.items()))
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

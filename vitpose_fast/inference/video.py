@@ -258,7 +258,9 @@ def predict_video(
 
 def cmd_predict_video(args) -> int:
     """``vitpose-fast predict VIDEO ...`` (called by the CLI when its single input is a video or stream)."""
-    from vitpose_fast.cli.commands import _detector, _load_model
+    from vitpose_fast.inference.detectors import load_detector
+    from vitpose_fast.inference.model import Model
+    from vitpose_fast.model.fp8 import Fp8UnavailableError
 
     if args.boxes and args.detector:
         raise SystemExit("vitpose-fast: pass either --boxes or --detector, not both")
@@ -266,8 +268,14 @@ def cmd_predict_video(args) -> int:
         frame_boxes = load_frame_boxes(args.boxes) if args.boxes else None
     except (OSError, ValueError) as e:
         raise SystemExit(f"vitpose-fast: --boxes: {e}") from e
-    detector = _detector(args) if args.detector else None
-    model = _load_model(args.weights, args.model, args.device, args.precision)
+    try:
+        detector = load_detector(args.detector, device=args.device) if args.detector else None
+    except (ImportError, ValueError) as e:
+        raise SystemExit(f"vitpose-fast: {e}") from e
+    try:
+        model = Model.load(args.weights, args.model, device=args.device, precision=args.precision)
+    except Fp8UnavailableError as e:
+        raise SystemExit(f"vitpose-fast: --precision fp8: {e}") from None
     try:
         stats = predict_video(
             model, args.images[0], args.out, vis=args.vis, detector=detector, boxes=frame_boxes,

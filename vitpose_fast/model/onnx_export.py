@@ -143,38 +143,3 @@ def check_onnx(
     finally:
         model.train(was_training)
     return out
-
-
-def _parse_res(value: str):
-    try:
-        h, w = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise SystemExit(f"vitpose-fast: --res expects HxW (e.g. 256x192), got {value!r}") from None
-    return h, w
-
-
-def cmd_export(args) -> int:
-    """``vitpose-fast export --onnx OUT.onnx --weights W [--res HxW] [--dataset-index I] [--batch N] [--check]``."""
-    from vitpose_fast.model.checkpoint import CheckpointError, load_into, read_checkpoint
-    from vitpose_fast.model.model import Model
-
-    overrides = {"res": _parse_res(args.res)} if args.res else {}
-    try:
-        if args.model:
-            model = Model.from_config(args.model, **overrides)
-            load_into(model, read_checkpoint(args.weights)[0])
-        else:
-            model = Model.from_pretrained(args.weights, **overrides)
-        path = export_onnx(model.float(), args.onnx, batch=args.batch, opset=args.opset,
-                           dataset_index=args.dataset_index)
-    except (CheckpointError, OnnxExportError, ImportError) as e:
-        raise SystemExit(f"vitpose-fast: {e}") from e
-    h, w = model.config.backbone.img_size
-    batch = "dynamic batch" if args.batch is None else f"batch {args.batch}"
-    print(f"wrote {path}: pixel_values [{batch}, 3, {h}, {w}] -> heatmaps, opset {args.opset}")
-    if args.check:
-        errors = check_onnx(model, path, batches=(1, 3) if args.batch is None else (args.batch,),
-                            dataset_index=args.dataset_index)
-        print("ONNX Runtime vs PyTorch (fp32), max |diff| / max |heatmap|: "
-              + ", ".join(f"batch {b}: {e:.2e}" for b, e in errors.items()))
-    return 0

@@ -108,7 +108,7 @@ from vitpose_fast.training.distributed import (
     save_sharded,
     shard_model,
 )
-from vitpose_fast.model.model import Model
+from vitpose_fast.inference.model import Model
 from vitpose_fast.training.core import (
     MultiHeadModel,
     ShardedSampler,
@@ -431,7 +431,7 @@ def model_state(model: nn.Module) -> Dict[str, torch.Tensor]:
 def estimate_memory_report(args: argparse.Namespace) -> Dict[str, Any]:
     """``--estimate-memory``: the per-rank memory table of the preset (at its per-process batch, ``--amp``,
     ``--checkpointing``, ``--freeze``) for DDP and for FSDP on each of ``--ranks``, printed and returned."""
-    from vitpose_fast.training.distributed import estimate_memory, memory_table
+    from vitpose_fast.training.memory import estimate_memory, memory_table
 
     pre = resolve_preset(args)
     amp = "bf16" if args.amp == "bf16" else "none"
