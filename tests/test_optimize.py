@@ -41,6 +41,29 @@ def test_folded_head_equals_batchnorm_eval():
     assert not torch.allclose(plain, plain2)
 
 
+def test_folded_head_on_cpu_folds_once_per_parameter_version(monkeypatch):
+    from vitpose_fast.model import heads
+
+    head = randomize_weights(ClassicHead(48, HeadConfig(kind="classic", num_keypoints=7, deconv_channels=(24, 16))))
+    head.eval().fold_batchnorm = True
+    calls = []
+    real = heads.folded_deconv
+    monkeypatch.setattr(heads, "folded_deconv", lambda d, b: calls.append(1) or real(d, b))
+    x = torch.randn(2, 48, 5, 4)
+    first = head(x)
+    assert len(calls) == 2 and first.is_contiguous()
+    torch.testing.assert_close(head(x), first)
+    assert len(calls) == 2  # cached: nothing changed
+    other = randomize_weights(ClassicHead(48, HeadConfig(kind="classic", num_keypoints=7, deconv_channels=(24, 16))))
+    head.load_state_dict(other.state_dict())  # in place: a new version of every parameter
+    other.eval().fold_batchnorm = False
+    torch.testing.assert_close(head(x), other(x), rtol=1e-5, atol=1e-6)
+    assert len(calls) == 4
+    head.double()  # new tensors
+    torch.testing.assert_close(head(x.double()), other.double()(x.double()), rtol=1e-6, atol=1e-9)  # fp32 fold
+    assert len(calls) == 6
+
+
 def test_folded_head_trains_with_batchnorm():
     head = randomize_weights(ClassicHead(16, HeadConfig(kind="classic", num_keypoints=3, deconv_channels=(8, 8))))
     head.fold_batchnorm = True
