@@ -69,7 +69,9 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         x = self.proj(x)
         hp, wp = x.shape[-2:]
-        return x.flatten(2).transpose(1, 2), (hp, wp)
+        # Contiguous tokens: elementwise ops keep their inputs' layout, so a transposed view here would make every
+        # residual add of the network transposed and every LayerNorm and GEMM on CPU copy its input first.
+        return x.flatten(2).transpose(1, 2).contiguous(), (hp, wp)
 
 
 class Attention(nn.Module):
