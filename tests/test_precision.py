@@ -196,3 +196,10 @@ def test_optimize_keeps_a_cast_the_user_made(cpu_flags):
     model = _tiny().to(torch.bfloat16)
     model.optimize(2)
     assert model.backbone.pos_embed.dtype == torch.bfloat16 and model.precision == "bf16"
+
+
+def test_predict_never_casts_a_model_in_training(cpu_flags):
+    cpu_flags("amx_bf16")
+    model = _tiny().train()
+    model.predict(np.zeros((64, 48, 3), np.uint8), [[0, 0, 40, 60]])
+    assert model.training and model.backbone.pos_embed.dtype == torch.float32

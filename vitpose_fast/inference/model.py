@@ -11,6 +11,7 @@ from typing import Optional
 
 from vitpose_fast.inference import pipeline
 from vitpose_fast.model.model import ViTPose
+from vitpose_fast.model.precision import precision_of
 
 
 class Model(ViTPose):
@@ -25,7 +26,8 @@ class Model(ViTPose):
         ``optimize(batch_size, precision)``: ``precision`` None keeps a precision the model was given (by
         :meth:`load` or ``optimize``), else takes the device's default (bf16 on sm_80+ GPUs and on CPUs with
         AVX512-BF16 or AMX, fp32 elsewhere; pass ``precision="fp32"`` for fp32 anywhere). A precision other than
-        the optimized model's re-optimizes it.
+        the optimized model's re-optimizes it. A model in training mode keeps its weights' dtype unless
+        ``precision`` is given: predicting during training never casts the weights being trained.
 
         ``detector``: instead of ``boxes``, a callable image (HxWx3 uint8 RGB) -> (boxes_xyxy [N, 4], scores [N]
         [, labels [N]]) run first; detections with score < ``det_thr`` (the official demo's 0.3) or a label not
@@ -47,4 +49,6 @@ class Model(ViTPose):
         if self._optimized is not None and (precision in (None, "auto") or precision == self.precision):
             return
         was_training = self.training
+        if was_training and precision in (None, "auto") and self.precision is None:
+            precision = precision_of(self)  # fp32 stays fp32; other dtypes are kept by optimize itself
         self.optimize(batch_size, precision).train(was_training)
