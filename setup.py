@@ -36,12 +36,18 @@ setup(
             "onnx",  # ONNX export (torch.onnx's exporter needs onnxscript) checked with onnxruntime
             "onnxscript",
             "onnxruntime",
+            "motmetrics",  # tracking metrics (IDF1, MOTA, id switches) of the tracking benchmark and its test
+            "ray[data]>=2.40",  # vitpose_fast.ray and `predict --engine ray`
         ],
         "gpu": ["xformers"],
         # Optional features for users: each is imported only when used.
         "hub": ["huggingface_hub"],
-        "video": ["opencv-python-headless"],
+        # Video: OpenCV decoding/encoding, SciPy's assignment for tracking, motmetrics for the tracking benchmark.
+        # trackeval (HOTA) is optional and NOT listed: its package requires the GUI opencv-python, which would
+        # replace opencv-python-headless's cv2 and needs libGL; install it with `pip install --no-deps trackeval`.
+        "video": ["opencv-python-headless", "scipy", "motmetrics"],
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
+        "ray": ["ray[data]>=2.40"],
     },
     entry_points={"console_scripts": ["vitpose-fast=vitpose_fast.cli:main"]},
 )

@@ -634,34 +634,49 @@ def _autograd_backward(ctx, do, _dlse):
 _fwd_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
+# The rel-pos prologue is a custom op as well, not a torch.autograd.Function: torch 2.11's Dynamo returns every
+# intermediate of a Function's forward as an extra output, so an output that is itself one of them (a no-op
+# `.contiguous()` of the gather) filled two output slots; autograd kept the extra one, and the compiled backward
+# ran on a zero gradient: no rel-pos term in dq, zero table gradients (pytorch/pytorch#180642; 2.13 is right).
+# Dynamo never traces into a custom op, in any version.
+@torch.library.custom_op("vitpose_fast::rel_pos_tables", mutates_args=())
+def _rel_pos_op(q: torch.Tensor, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """A [B, N, heads, w] (fp32) = q_n . table[idx[n, a]] for idx [N, w]: one [B*N*heads, d] x [d, 2w-1] GEMM
+    and a gather."""
+    qr = torch.matmul(q.float(), table.float().t())  # [B, N, heads, 2w-1]
+    return qr.gather(-1, idx[None, :, None, :].expand(*qr.shape[:3], idx.shape[1]))
+
+
+@_rel_pos_op.register_fake
+def _rel_pos_fake(q, table, idx):
+    return q.new_empty((*q.shape[:3], idx.shape[1]), dtype=torch.float32)
+
+
+def _rel_pos_setup_context(ctx, inputs, output):
+    # q itself (in its own dtype: for the model a view of the qkv output, already alive), not the fp32 copy plain
+    # autograd of the matmul would keep for the table gradient.
+    ctx.save_for_backward(*inputs)
+
+
+def _rel_pos_backward(ctx, grad):
+    q, table, idx = ctx.saved_tensors
+    gqr = grad.new_zeros(*grad.shape[:3], table.shape[0])
+    gqr.scatter_add_(-1, idx[None, :, None, :].expand_as(grad), grad)
+    dq = torch.matmul(gqr, table.float()).to(q.dtype) if ctx.needs_input_grad[0] else None
+    dtable = None
+    if ctx.needs_input_grad[1]:
+        dtable = (gqr.reshape(-1, table.shape[0]).t() @ q.reshape(-1, q.shape[-1]).float()).to(table.dtype)
+    return dq, dtable, None
+
+
+_rel_pos_op.register_autograd(_rel_pos_backward, setup_context=_rel_pos_setup_context)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # public API
 def supports(q: torch.Tensor, spec: AttentionSpec) -> bool:
     """Whether :func:`attention` runs q of this shape/dtype/device (grid limits are checked at the call)."""
     return runtime.on_device(q) and q.dim() == 4 and q.dtype in _DTYPES and 1 <= q.shape[-1] <= MAX_HEAD_DIM
-
-
-class _RelPosTables(torch.autograd.Function):
-    """A [B, N, heads, w] (fp32) = q_n . table[idx[n, a]] for idx [N, w]: one [B*N*heads, d] x [d, 2w-1] GEMM
-    and a gather. Saves q itself (in its own dtype: for the model a view of the qkv output, already alive)
-    instead of the fp32 copy plain autograd would keep for the table gradient."""
-
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(q, table, idx)
-        qr = torch.matmul(q.float(), table.float().t())  # [B, N, heads, 2w-1]
-        return qr.gather(-1, idx[None, :, None, :].expand(*qr.shape[:3], idx.shape[1])).contiguous()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        q, table, idx = ctx.saved_tensors
-        gqr = grad.new_zeros(*grad.shape[:3], table.shape[0])
-        gqr.scatter_add_(-1, idx[None, :, None, :].expand_as(grad), grad)
-        dq = torch.matmul(gqr, table.float()).to(q.dtype) if ctx.needs_input_grad[0] else None
-        dtable = None
-        if ctx.needs_input_grad[1]:
-            dtable = (gqr.reshape(-1, table.shape[0]).t() @ q.reshape(-1, q.shape[-1]).float()).to(table.dtype)
-        return dq, dtable, None
 
 
 def _rel_pos_tables(q: torch.Tensor, spec: AttentionSpec, grid, g: Geometry, rel_pos_h, rel_pos_w):
@@ -670,7 +685,7 @@ def _rel_pos_tables(q: torch.Tensor, spec: AttentionSpec, grid, g: Geometry, rel
     tables = []
     for coord, table, w in ((i, rel_pos_h, g.wh), (j, rel_pos_w, g.ww)):
         idx = coord[:, None] - torch.arange(w, device=q.device)[None, :] + w - 1  # [N, w]
-        tables.append(_RelPosTables.apply(q, table, idx))
+        tables.append(torch.ops.vitpose_fast.rel_pos_tables(q, table, idx))
     return tables
 
 

@@ -181,3 +181,51 @@ def test_non_strict_load_logs_what_it_dropped(caplog):
     text = caplog.text
     assert "1 checkpoint tensors not in the model were dropped (extra.weight)" in text
     assert "keypoint_head.final_layer.bias" in text and "keep their initial values" in text
+
+
+def _sharded_run(tmp_path, model, step=3):
+    """A run folder as ``train.py --fsdp`` leaves it: ``sharded/step_*`` (model and optimizer states through DCP,
+    plus the train state) and the ``last.dcp`` link, written by the training code itself in one process."""
+    import torch.distributed as dist
+
+    from vitpose_fast.training.distributed import ensure_process_group, save_sharded
+
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 3, 64, 48), dataset_index=0).square().mean().backward()
+    opt.step()  # optimizer moments in the checkpoint too (not read back as weights)
+    own_group = ensure_process_group(torch.device("cpu"))  # as train.py: a group of one
+    try:
+        save_sharded(tmp_path / "last.dcp", model, opt, {"step": step, "config": model.config.to_dict()})
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+    return model.eval()
+
+
+def test_sharded_training_checkpoint_loads_directly(tmp_path):
+    from vitpose_fast.training.distributed import consolidate
+
+    # Experts and the classic head: fc2/expert splits and BatchNorm's integer counter in the folder.
+    model = _sharded_run(tmp_path, _randomize(Model.from_config("vitpose_s", num_experts=2, part_features=16, **TINY)))
+    consolidated = Model.from_pretrained(consolidate(tmp_path / "last.dcp", tmp_path / "w.pth")).state_dict()
+    expected = model.state_dict()
+    for folder in (tmp_path / "last.dcp", tmp_path / "sharded" / "step_00000003"):  # the link and its target
+        loaded = Model.from_pretrained(folder)
+        assert loaded.config == model.config and not loaded.training
+        sd = loaded.state_dict()
+        assert sd.keys() == expected.keys() == consolidated.keys()
+        for k in expected:
+            assert sd[k].dtype == expected[k].dtype and torch.equal(sd[k], expected[k]), k
+            assert torch.equal(sd[k], consolidated[k]), k
+
+
+def test_sharded_checkpoint_errors(tmp_path):
+    _sharded_run(tmp_path, _randomize(Model.from_config("vitpose_s", **TINY)))
+    # The run folder itself: says which of its entries to pass.
+    with pytest.raises(CheckpointError, match=r"no DCP \.metadata.*OUT/last\.dcp.*holds last\.dcp"):
+        Model.from_pretrained(tmp_path)
+    # DCP files without our train state (another program's checkpoint, or a write that did not finish).
+    (tmp_path / "sharded" / "step_00000003" / "train_state.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"last\.dcp' has no train_state\.pt"):
+        Model.from_pretrained(tmp_path / "last.dcp")

@@ -185,6 +185,9 @@ def test_optimize_precision_fp8():
 
 # ------------------------------------------------------------------------------------------------------ errors
 def test_old_gpu_is_refused_with_the_fallback(monkeypatch):
+    # The capability rules alone: no GPU here to run the probe's GEMM on.
+    monkeypatch.setattr(fp8_mod, "_PROBED", {})
+    monkeypatch.setattr(fp8_mod, "_probe_scaled_mm", lambda device: None)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A10")
     with pytest.raises(Fp8UnavailableError, match=r"A10 is sm_86.*sm_89.*precision 'bf16'"):
@@ -207,6 +210,53 @@ def test_torch_without_scaled_mm_is_refused(monkeypatch):
     with pytest.raises(Fp8UnavailableError, match="_scaled_mm"):
         model.optimize(2, precision="fp8")
     assert model.backbone.pos_embed.dtype == torch.float32  # refused before anything changed
+
+
+def _counting_scaled_mm(monkeypatch, impl):
+    """torch._scaled_mm replaced by ``impl``, with a fresh probe cache; returns the list of calls."""
+    calls = []
+
+    def scaled_mm(*args, **kwargs):
+        calls.append(kwargs)
+        return impl(*args, **kwargs)
+
+    monkeypatch.setattr(fp8_mod, "_PROBED", {})
+    monkeypatch.setattr(torch, "_scaled_mm", scaled_mm)
+    return calls
+
+
+def test_scaled_mm_without_row_wise_scales_is_refused_once_probed(monkeypatch):
+    """As torch 2.11's CPU build: _scaled_mm exists but only takes tensor-wise scales. The row-wise call is tried
+    once per device; every later check answers from the cache, and nothing is quantized."""
+    def tensor_wise_only(a, b, scale_a, scale_b, **kwargs):
+        if scale_a.numel() != 1:
+            raise RuntimeError("Only tensor-wise scaling is supported on this device\nmore detail")
+        raise AssertionError("the probe must use row-wise scales")
+
+    calls = _counting_scaled_mm(monkeypatch, tensor_wise_only)
+    cpu = torch.device("cpu")
+    with pytest.raises(Fp8UnavailableError, match=r"row-wise scales on cpu.*RuntimeError: Only tensor-wise "
+                                                  r"scaling is supported on this device\); use precision 'bf16'"):
+        check_fp8_support(cpu)
+    assert len(calls) == 1 and calls[0]["scale_a"].shape == (16, 1) and calls[0]["scale_b"].shape == (1, 16)
+    model = _tiny()
+    with pytest.raises(Fp8UnavailableError, match="tensor-wise"):
+        model.quantize_fp8()
+    with pytest.raises(Fp8UnavailableError, match="tensor-wise"):
+        apply_precision(model, "fp8")
+    assert len(calls) == 1 and not fp8_mod.is_quantized(model)
+
+
+def test_working_scaled_mm_is_probed_once_and_checked(monkeypatch):
+    real = torch._scaled_mm
+    calls = _counting_scaled_mm(monkeypatch, real)
+    check_fp8_support(torch.device("cpu"))
+    check_fp8_support("cpu")
+    assert len(calls) == 1
+    # A build that runs the call but gets the product wrong is refused too.
+    calls = _counting_scaled_mm(monkeypatch, lambda *a, **k: torch.zeros_like(real(*a, **k)))
+    with pytest.raises(Fp8UnavailableError, match="wrong values"):
+        check_fp8_support(torch.device("cpu"))
 
 
 # ------------------------------------------------------------------------------------------------------ accuracy

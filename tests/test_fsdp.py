@@ -1,16 +1,19 @@
 """``train/train.py --fsdp`` (FSDP2) on CPU with gloo: two sharded processes train as one plain process with the
 same global batch; sharded (DCP) checkpoints resume mid-epoch exactly, on another process count, survive a crash
-while being written, and consolidate into weights that ``Model.from_pretrained`` loads; evaluation and a
+while being written, consolidate into weights that ``Model.from_pretrained`` loads and load there directly; a
+run stopped by ``--max-steps`` leaves its weights in ``final.pth``; no FSDP warning about views; evaluation and a
 two-node (localhost) rendezvous; the memory estimate.
 
 The torchrun runs are shared between tests through module-scoped fixtures (each launch costs seconds)."""
 
+import copy
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -32,6 +35,16 @@ def _one_thread(one_thread):
     yield
     if dist.is_initialized():  # a run that raised inside main() leaves its group of one behind
         dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def module_one_thread():
+    """``one_thread`` for the module-scoped runs, which are set up before any function-scoped fixture: runs they
+    are compared with exactly (the crash test's) train with one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +84,14 @@ def _torchrun(nproc, argv, timeout=240):
            TRAIN_PY, *argv]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _assert_no_view_warning(proc.stdout + proc.stderr)
+
+
+VIEW_WARNING = "returned a view tensor"  # FSDP2's warning about a wrapped module's outputs
+
+
+def _assert_no_view_warning(log):
+    assert VIEW_WARNING not in log, log[log.index(VIEW_WARNING) - 200:][:600]
 
 
 def _weights(path):
@@ -78,7 +99,7 @@ def _weights(path):
 
 
 @pytest.fixture(scope="module")
-def single(synth, tmp_path_factory):
+def single(synth, tmp_path_factory, module_one_thread):
     """One plain process, batch 8, the whole run."""
     out = tmp_path_factory.mktemp("single")
     train_script.main(_args(synth, out))
@@ -101,6 +122,8 @@ def _two_nodes(argv, timeout=240):
              for _ in range(2)]
     logs = [p.communicate(timeout=timeout)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), logs[0][-3000:] + logs[1][-3000:]
+    for log in logs:
+        _assert_no_view_warning(log)
 
 
 @pytest.fixture(scope="module")
@@ -138,11 +161,48 @@ def test_consolidated_weights_equal_the_training_state_and_load(single, two, tmp
     assert final.keys() == loaded.keys()
     for k in final:
         assert torch.equal(final[k], loaded[k]), k
+    # Model.from_pretrained reads the folder itself (the link and its target), on one process.
+    for folder in (two["out"] / "last.dcp", two["out"] / "sharded" / f"step_{STEPS:08d}"):
+        direct = Model.from_pretrained(folder).state_dict()
+        assert direct.keys() == final.keys() and all(torch.equal(direct[k], final[k]) for k in final), folder
     plain = _weights(single / "final.pth")
     for k in plain:
         torch.testing.assert_close(final[k], plain[k], rtol=0, atol=1e-4, msg=k)
     # Older checkpoints are pruned once the newest is in place.
     assert [p.name for p in (two["out"] / "sharded").iterdir()] == [f"step_{STEPS:08d}"]
+
+
+def test_a_run_stopped_by_max_steps_leaves_its_weights(two):
+    """The two-node launch stopped at step 10 by --max-steps: final.pth holds the weights of step 10, the same as
+    its sharded checkpoint, and loads; the resumed run then ended with other weights in its own final.pth."""
+    stopped = _weights(two["at10"] / "final.pth")
+    dcp = Model.from_pretrained(two["at10"] / "last.dcp").state_dict()
+    assert stopped.keys() == dcp.keys() and all(torch.equal(stopped[k], dcp[k]) for k in dcp)
+    assert Model.from_pretrained(two["at10"] / "final.pth").config.backbone.depth == 6
+    ended = _weights(two["out"] / "final.pth")
+    assert any(not torch.equal(stopped[k], ended[k]) for k in stopped)
+
+
+def test_sharded_blocks_return_fresh_tensors():
+    """FSDP2 warns about every view a wrapped module returns (an in-place op on one would skip the pre-backward
+    all-gather); the torch backend's Linear of a 3-D input gives one. The blocks hand on fresh tensors instead,
+    with the plain model's outputs and gradients."""
+    cpu = torch.device("cpu")
+    plain = Model.from_config("vitpose_s", depth=2, embed_dim=64, num_heads=2, res=(64, 48), backend="torch").eval()
+    sharded = copy.deepcopy(plain)
+    vf_dist.ensure_process_group(cpu)
+    vf_dist.shard_model(sharded, cpu)
+    x = torch.randn(2, 3, 64, 48)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = sharded(x)
+        out.square().mean().backward()
+    assert not [w for w in caught if VIEW_WARNING in str(w.message)]
+    ref = plain(x)
+    ref.square().mean().backward()
+    assert torch.equal(out, ref)
+    for (name, p), q in zip(sharded.named_parameters(), plain.parameters()):
+        assert torch.equal(p.grad.full_tensor(), q.grad), name
 
 
 def test_two_process_checkpoint_resumes_on_one(synth, single, two, tmp_path):
@@ -153,7 +213,7 @@ def test_two_process_checkpoint_resumes_on_one(synth, single, two, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def one_fsdp(synth, tmp_path_factory):
+def one_fsdp(synth, tmp_path_factory, module_one_thread):
     """One FSDP process: 6 steps straight, and 4 steps (mid-epoch 2) then resumed to 6."""
     root = tmp_path_factory.mktemp("one_fsdp")
     train_script.main(_args(synth, root / "full", 8, "--fsdp", "--max-steps", "6"))

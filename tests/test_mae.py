@@ -2,10 +2,7 @@
 pretraining run whose loss falls, and the saved backbone loading into a ViTPose model."""
 
 import dataclasses
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +10,8 @@ import torch
 from vitpose_fast import Model
 from vitpose_fast.config import AttentionSpec, BackboneConfig
 from vitpose_fast.model.mae import MAE, MAEConfig, load_backbone, patchify, random_masking, unpatchify
+from vitpose_fast.training import pretrain_mae
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(embed_dim=64, depth=2, num_heads=2)
 
 
@@ -23,12 +20,6 @@ def tiny_config(res=(64, 48), **kw) -> MAEConfig:
     return MAEConfig(encoder=enc, decoder_dim=32, decoder_depth=1, decoder_heads=2, **kw)
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("pretrain_mae", ROOT / "train" / "pretrain_mae.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_masking_keeps_a_quarter_per_sample_and_differs():
@@ -115,7 +106,7 @@ def pretrained(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("mae")
     data = make_synthetic_coco(tmp / "data", {"train2017": 3}, seed=0, image_size=(96, 80), splits=("train2017",))
-    script = load_script()
+    script = pretrain_mae
     args = [
         "--data-root", str(data.root), "--crop", "--encoder", "vitpose_s", "--embed-dim", "64", "--depth", "2",
         "--num-heads", "2", "--res", "64x48", "--decoder-dim", "32", "--decoder-depth", "1", "--decoder-heads",
@@ -193,7 +184,7 @@ def test_backbone_loads_into_vitpose(pretrained):
 
 
 def test_crop_matrix_identity_and_flip():
-    script = load_script()
+    script = pretrain_mae
     m = script.crop_matrix((0.0, 0.0, 48.0, 64.0), (64, 48), flip=False)
     torch.testing.assert_close(torch.from_numpy(m), torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], dtype=torch.float64))
     f = script.crop_matrix((0.0, 0.0, 48.0, 64.0), (64, 48), flip=True)
@@ -206,7 +197,7 @@ def test_crop_matrix_identity_and_flip():
 def test_image_folder_no_crop_and_resume(tmp_path):
     from PIL import Image
 
-    script = load_script()
+    script = pretrain_mae
     for i, size in enumerate([(40, 30), (50, 70), (33, 33)]):
         Image.fromarray(torch.randint(0, 256, (size[1], size[0], 3), dtype=torch.uint8).numpy()).save(
             tmp_path / f"{i}.png")
@@ -243,7 +234,7 @@ def test_defaults_scale_with_the_run_and_machine():
     import argparse as _argparse
     import os as _os
 
-    resolve_defaults = load_script().resolve_defaults
+    resolve_defaults = pretrain_mae.resolve_defaults
 
     short = _argparse.Namespace(workers=None, warmup_epochs=None, epochs=2)
     resolve_defaults(short)

@@ -56,8 +56,9 @@ def test_resume_is_bit_identical(synth, tmp_path, stop_step):
     full = train_script.main(_common(synth, tmp_path / "full") + args)
     assert full["step"] == 9
     first = train_script.main(_common(synth, tmp_path / "a") + args + ["--max-steps", str(stop_step)])
-    assert first["step"] == stop_step and not (tmp_path / "a" / "final.pth").exists()
+    assert first["step"] == stop_step
     ck = torch.load(tmp_path / "a" / "last.pth", map_location="cpu", weights_only=True)
+    _assert_same(_weights(tmp_path / "a" / "final.pth"), ck["model"])  # the weights where --max-steps stopped
     assert (ck["epoch"], ck["batch_in_epoch"]) == divmod(stop_step, 3)
     resumed = train_script.main(_common(synth, tmp_path / "b") + args + ["--resume", str(tmp_path / "a" / "last.pth")])
     assert resumed["step"] == 9
@@ -110,9 +111,12 @@ def test_two_processes_match_one_with_the_same_global_batch(synth, tmp_path):
     _assert_same(a, b, atol=1e-5)
     ck = torch.load(tmp_path / "two" / "last.pth", map_location="cpu", weights_only=True)
     assert len(ck["rng"]) == 2 and ck["step"] == 5
+    _assert_same(_weights(tmp_path / "two" / "final.pth"), b)  # written where --max-steps stopped ...
     # ... and a two-process resume finishes the run.
     _torchrun(2, two[:-4] + ["--eval-interval", "0", "--resume", str(tmp_path / "two" / "last.pth")])
-    assert (tmp_path / "two" / "final.pth").exists()
+    ck = torch.load(tmp_path / "two" / "last.pth", map_location="cpu", weights_only=True)
+    assert ck["step"] > 5
+    _assert_same(_weights(tmp_path / "two" / "final.pth"), ck["model"])  # final.pth again, at the end
 
 
 def test_evaluation_gathers_every_rank(synth, tmp_path):

@@ -162,3 +162,32 @@ def test_cli_video_with_a_detector(clip, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit, match="either --boxes or --detector"):
         cli.main(["predict", str(path), "--weights", str(weights), "--boxes", "b.json",
                   "--detector", "video_dets:detect", "--out", str(out)])
+
+
+def test_cli_video_tracking_smoothing_and_detect_every(clip, tmp_path, monkeypatch, capsys):
+    _, path, _, _, weights = clip
+    calls = []
+    module = types.ModuleType("video_track_dets")
+
+    def detect(image):
+        calls.append(1)
+        return np.array([[10.0, 5.0, 60.0, 90.0], [70.0, 10.0, 120.0, 90.0]]), np.array([0.9, 0.8])
+
+    module.detect = detect
+    monkeypatch.setitem(sys.modules, "video_track_dets", module)
+    out = tmp_path / "t.jsonl"
+    assert cli.main(["predict", str(path), "--weights", str(weights), "--device", "cpu", "--quiet", "--no-flip",
+                     "--detector", "video_track_dets:detect", "--track", "--smooth", "one_euro",
+                     "--detect-every", "4", "--out", str(out)]) == 0
+    assert "persons/s" in capsys.readouterr().out
+    lines = read_jsonl(out)
+    assert [d["frame"] for d in lines] == list(range(N_FRAMES))
+    assert len(calls) == len(range(0, N_FRAMES, 4))  # the detector ran on frames 0 and 4 only
+    assert all(d["keypoint_set"] == "coco" for d in lines)
+    for d in lines:
+        ids = [p["track_id"] for p in d["persons"]]
+        assert len(ids) == len(set(ids)) and all(isinstance(i, int) and i >= 1 for i in ids)
+    assert sorted(p["track_id"] for p in lines[0]["persons"]) == [1, 2]
+    with pytest.raises(SystemExit, match="detect_every"):
+        cli.main(["predict", str(path), "--weights", str(weights), "--device", "cpu", "--quiet",
+                  "--detect-every", "0", "--out", str(out)])

@@ -11,6 +11,13 @@
     (:mod:`vitpose_fast.inference.detectors`), instead of ``--boxes``.
 ``vitpose-fast predict --weights W CLIP.mp4 [--detector SPEC | --boxes PER_FRAME.json] --out poses.jsonl [--vis out.mp4]``
     A video file, webcam index or stream URL: one JSON line per frame (:mod:`vitpose_fast.inference.video`).
+``vitpose-fast predict --weights W FOLDER... --engine ray [--address auto] --workers N --out DIR``
+``torchrun --nproc-per-node N -m vitpose_fast.cli predict --weights W FOLDER... --out DIR``
+    Past one process: Ray Data actors (:mod:`vitpose_fast.ray`) or one share of the sorted paths per torchrun
+    rank write per-image rows into ``DIR/parts/``, merged into ``DIR/results.json`` (the COCO results above);
+    a rerun skips the images already written (:mod:`vitpose_fast.inference.sharding`).
+``vitpose-fast merge DIR [--ann ANN.json]``
+    ``DIR/parts/`` -> ``DIR/results.json`` again.
 ``vitpose-fast export --onnx OUT.onnx --weights W [--res HxW] [--dataset-index I] [--check]``
     ONNX export of the plain-PyTorch path (:mod:`vitpose_fast.model.onnx_export`).
 ``vitpose-fast eval --weights W --ann ANN.json --images DIR [--dets DETS.json] [--no-flip]``
@@ -258,17 +265,9 @@ class JsonListWriter:
 
 
 def _coco_records(image_id: int, file_name: str, persons: List[dict]) -> List[dict]:
-    from vitpose_fast.inference.evaluation import results_to_coco
+    from vitpose_fast.inference.sharding import coco_records
 
-    if not persons:
-        return []
-    kps = np.stack([p["keypoints"] for p in persons])
-    entries = results_to_coco([image_id] * len(persons), kps, [p["score"] for p in persons])
-    for entry, p in zip(entries, persons):
-        x1, y1, x2, y2 = (float(v) for v in p["box"])
-        entry["bbox"] = [x1, y1, x2 - x1 + 1, y2 - y1 + 1]
-        entry["file_name"] = file_name
-    return entries
+    return coco_records(image_id, file_name, persons)
 
 
 def _load_ann_images(path: str) -> List[dict]:
@@ -288,15 +287,54 @@ def _detector(args):
         raise SystemExit(f"vitpose-fast: {e}") from e
 
 
+def cmd_predict_video(args) -> int:
+    """``vitpose-fast predict VIDEO ...`` (called by the CLI when its single input is a video or stream)."""
+    from vitpose_fast.inference.detectors import load_detector
+    from vitpose_fast.inference.model import Model
+    from vitpose_fast.inference.video import load_frame_boxes, predict_video
+    from vitpose_fast.model.fp8 import Fp8UnavailableError
+
+    if args.boxes and args.detector:
+        raise SystemExit("vitpose-fast: pass either --boxes or --detector, not both")
+    try:
+        frame_boxes = load_frame_boxes(args.boxes) if args.boxes else None
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"vitpose-fast: --boxes: {e}") from e
+    try:
+        detector = load_detector(args.detector, device=args.device) if args.detector else None
+    except (ImportError, ValueError) as e:
+        raise SystemExit(f"vitpose-fast: {e}") from e
+    try:
+        model = Model.load(args.weights, args.model, device=args.device, precision=args.precision)
+    except Fp8UnavailableError as e:
+        raise SystemExit(f"vitpose-fast: --precision fp8: {e}") from None
+    try:
+        stats = predict_video(
+            model, args.images[0], args.out, vis=args.vis, detector=detector, boxes=frame_boxes,
+            det_thr=args.det_thr, det_classes=args.det_classes, box_thr=args.box_thr,
+            frames_per_batch=args.frames_per_batch, max_frames=args.max_frames, kpt_thr=args.kpt_thr,
+            progress=not args.quiet, flip_test=not args.no_flip, decode=args.decode, batch_size=args.batch_size,
+            dataset_index=args.dataset_index, dataset=args.dataset, track=args.track, smooth=args.smooth,
+            detect_every=args.detect_every,
+        )
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        raise SystemExit(f"vitpose-fast: {e}") from e
+    print(f"wrote {stats['persons']} persons in {stats['frames']} frames to {args.out} "
+          f"({stats['fps']:.1f} frames/s, {stats['persons_per_s']:.1f} persons/s)")
+    return 0
+
+
 def cmd_predict(args) -> int:
-    from vitpose_fast.inference.video import cmd_predict_video, is_video_source
+    from vitpose_fast.inference.video import is_video_source
     from vitpose_fast.inference.visualize import save_poses
 
     if len(args.images) == 1 and is_video_source(args.images[0]):
         return cmd_predict_video(args)
     if args.boxes and args.detector:
         raise _fail("pass either --boxes or --detector, not both")
-    _check_output_file(args.out, "--out")
+    sharded = _sharded(args)
+    if not sharded:
+        _check_output_file(args.out, "--out")
     if args.vis:
         _check_output_dir(args.vis, "--vis")
     paths = _collect_images(args.images)
@@ -324,12 +362,16 @@ def cmd_predict(args) -> int:
         _warn("no --boxes given: each image is one person whose box is the whole image")
         per_image = [None] * len(paths)
         total = len(paths)
+    if args.engine == "ray":
+        return _predict_ray(args, paths, per_image)
     model = _load_model(args.weights, args.model, args.device, args.precision)
     info, k = _resolve_dataset(model, args)
     if info is None and not args.no_flip:
         raise _fail(f"the model's head predicts {k} keypoints of no known dataset: pass --dataset NAME "
                     f"({', '.join(sorted(DATASETS))}) for its flip pairs and skeleton, or --no-flip")
     skeleton = info.skeleton if info is not None else ()
+    if sharded:
+        return _predict_shard(args, model, info, k, paths, per_image, detector)
     items = ((str(p), b, i) for i, (p, b) in enumerate(zip(paths, per_image)))
     writer = JsonListWriter(args.out)
     failed: List[str] = []
@@ -350,6 +392,95 @@ def cmd_predict(args) -> int:
               f"{', '.join(failed[:10])}{', ...' if len(failed) > 10 else ''}")
         return 1
     return 0
+
+
+def _sharded(args) -> bool:
+    """Whether ``--out`` is a results folder of parts (``--engine ray``, or started by torchrun); checks it."""
+    from vitpose_fast.inference.sharding import torchrun_rank
+
+    if args.engine == "local" and torchrun_rank() is None:
+        return False
+    where = "with --engine ray" if args.engine == "ray" else "under torchrun"
+    if Path(args.out).suffix == ".json" and not Path(args.out).is_dir():
+        raise _fail(f"--out {args.out}: {where} --out is a folder (parts/ and results.json go in it)")
+    _check_output_dir(args.out, "--out")
+    if args.engine == "local" and args.device == "cuda":  # one GPU per rank of the node
+        args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    if args.vis:
+        raise _fail(f"--vis is for one process, not {where}")
+    if args.strict and args.engine == "ray":
+        raise _fail("--strict is not for --engine ray: its bad images are reported once the run ends")
+    return True
+
+
+def _merge_summary(out: str, summary: dict, failed: int, total: int) -> int:
+    from vitpose_fast.inference.sharding import RESULTS
+
+    print(f"wrote {summary['persons']} persons from {summary['images']} images to {Path(out) / RESULTS}")
+    if failed:
+        _warn(f"{failed} of {total} images could not be read and were skipped (a rerun retries them)")
+        return 1
+    return 0
+
+
+def _ids_for(ann: Optional[str]):
+    ann_images = _load_ann_images(ann) if ann else None
+    return lambda paths: _image_ids([Path(p) for p in paths], ann_images)
+
+
+def _predict_shard(args, model, info, k, paths, per_image, detector) -> int:
+    """This torchrun rank's share into ``--out``'s parts; rank 0 merges them at the end."""
+    from vitpose_fast.inference.sharding import TorchrunShard
+
+    shard = TorchrunShard(args.out, [str(p) for p in paths], k, _warn)
+    args.quiet = args.quiet or shard.rank != 0
+    if shard.skipped:
+        _warn(f"rank {shard.rank}: {shard.skipped} images already have results in {args.out}; skipped")
+    items = ((str(paths[i]), per_image[i], i) for i in shard.todo)
+    total = None if detector is not None else sum(1 if per_image[i] is None else len(per_image[i])
+                                                  for i in shard.todo)
+    failed = 0
+    for r in _stream(model, items, args, info, total, f"predict (rank {shard.rank})", detector):
+        if r.error is not None:
+            failed += 1
+        else:
+            shard.writer.add(shard.paths[r.meta], r.persons)
+    failed, summary = shard.finish(failed, _ids_for(args.ann), _warn)
+    if summary is None:
+        return 1 if failed else 0
+    return _merge_summary(args.out, summary, failed, len(set(shard.paths)))
+
+
+def _predict_ray(args, paths, per_image) -> int:
+    """``--engine ray``: Ray Data writes the parts (vitpose_fast.ray.predict_folder); then they are merged."""
+    from vitpose_fast.inference.sharding import merge
+    from vitpose_fast.ray import predict_folder
+
+    boxes = None if args.boxes is None else {str(p): b for p, b in zip(paths, per_image)}
+    try:
+        predict_folder([str(p) for p in paths], args.out, weights=args.weights, workers=args.workers,
+                       gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker, boxes=boxes,
+                       output_format=args.format, address=args.address, model=args.model,
+                       batch_size=args.batch_size, precision=args.precision, flip_test=not args.no_flip,
+                       decode=args.decode, dataset_index=args.dataset_index, dataset=args.dataset, box_format="xywh",
+                       detector=args.detector, det_thr=args.det_thr, det_classes=args.det_classes)
+    except (ImportError, ValueError) as e:
+        raise _fail(str(e)) from None
+    summary = merge(args.out, _ids_for(args.ann), _warn)
+    for path, error in sorted(summary["failed"].items()):
+        _warn(f"skipped an image: {error}")
+    return _merge_summary(args.out, summary, len(summary["failed"]), len(set(map(os.path.abspath, paths))))
+
+
+def cmd_merge(args) -> int:
+    from vitpose_fast.inference.sharding import PARTS, merge
+
+    if not (Path(args.folder) / PARTS).is_dir():
+        raise _fail(f"{args.folder} has no {PARTS}/ folder: expected the --out folder of a sharded or Ray predict")
+    summary = merge(args.folder, _ids_for(args.ann), _warn)
+    for path, error in sorted(summary["failed"].items()):
+        _warn(f"no results for an image: {error}")
+    return _merge_summary(args.folder, summary, len(summary["failed"]), summary["images"] + len(summary["failed"]))
 
 
 def _gt_boxes(coco, image_id: int) -> np.ndarray:
@@ -477,12 +608,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames-per-batch", type=int, default=8, help="video frames per detector call")
     p.add_argument("--max-frames", type=int, default=None, help="stop a video or stream after this many frames")
     p.add_argument("--kpt-thr", type=float, default=0.3, help="minimum keypoint score drawn")
+    p.add_argument("--track", action="store_true", help="video: a track_id per person (vitpose_fast.inference.tracking)")
+    p.add_argument("--smooth", choices=("none", "one_euro"), default="none",
+                   help="video: smooth keypoints per track (one_euro: vitpose_fast.inference.smoothing)")
+    p.add_argument("--detect-every", type=int, default=1, metavar="N",
+                   help="video: detector (or boxes file) on every N-th frame, boxes from the tracks in between")
     p.add_argument("--detector", help="person detector: module:callable (image -> (boxes_xyxy, scores[, labels])) "
                    "or yolo:PATH.pt (Ultralytics, installed separately)")
     p.add_argument("--det-thr", type=float, default=0.3, help="minimum detector score (official demo: 0.3)")
     p.add_argument("--det-classes", type=lambda v: [int(c) for c in v.split(",")], default=None,
                    help="detector labels kept, comma-separated (default: all; yolo: keeps persons)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process (under torchrun: this rank's share, --out is then a folder); "
+                        "ray: Ray Data workers, --out is a folder")
+    p.add_argument("--address", default=None, help="--engine ray: the cluster (auto: the running one; default: "
+                                                    "a local one)")
+    p.add_argument("--workers", type=int, default=1, help="--engine ray: model actors (one per GPU)")
+    p.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="--engine ray: GPUs per actor (default: 1 when the cluster has GPUs, else 0)")
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="--engine ray: CPUs per actor (default: 1 with GPUs; else the cluster's CPUs less one, shared)")
+    p.add_argument("--format", choices=("parquet", "json"), default="parquet", help="--engine ray: Ray's writer")
     p.set_defaults(func=cmd_predict)
+
+    m = sub.add_parser("merge", help="merge the parts of a sharded or Ray predict folder into FOLDER/results.json")
+    m.add_argument("folder", help="the --out folder of `predict --engine ray` or of a torchrun predict")
+    m.add_argument("--ann", help="COCO json whose images give the image ids (by file name); default: the "
+                                 "number in each file name")
+    m.set_defaults(func=cmd_merge, batch_size=1)
 
     e = sub.add_parser("eval", parents=[common], help="COCO keypoint AP on an annotated image set")
     e.add_argument("--ann", required=True, help="COCO person_keypoints json")

@@ -29,6 +29,10 @@ class DatasetInfo:
     skeleton: Tuple[Tuple[int, int], ...]
     sigmas: Optional[Tuple[float, ...]]  # OKS per-keypoint sigmas; None if the dataset has none
     encoding: str  # 'udp' or 'msra'
+    # Drawing only: links drawn besides ``skeleton`` (a face's contours, wrist to hand), and the keypoints' body
+    # parts as (name, first index, end index) ranges, drawn with their own colours and joint sizes.
+    draw_links: Tuple[Tuple[int, int], ...] = ()
+    parts: Tuple[Tuple[str, int, int], ...] = ()
 
     def __post_init__(self):
         k = len(self.keypoint_names)
@@ -38,7 +42,7 @@ class DatasetInfo:
             raise ValueError(f"{self.name}: encoding must be 'udp' or 'msra', got {self.encoding!r}")
         if self.sigmas is not None and len(self.sigmas) != k:
             raise ValueError(f"{self.name}: {len(self.sigmas)} sigmas for {k} keypoints")
-        for a, b in self.flip_pairs + self.skeleton:
+        for a, b in self.flip_pairs + self.skeleton + self.draw_links:
             if not (0 <= a < k and 0 <= b < k and a != b):
                 raise ValueError(f"{self.name}: bad index pair ({a}, {b}) for {k} keypoints")
 
@@ -180,7 +184,17 @@ def _wholebody() -> DatasetInfo:
         0.032, 0.02, 0.019, 0.022, 0.031, 0.029, 0.022, 0.035, 0.037, 0.047, 0.026, 0.025, 0.024, 0.035, 0.018,
         0.024, 0.022, 0.026, 0.017, 0.021, 0.021, 0.032, 0.02, 0.019, 0.022, 0.031,
     ]
-    return _info("coco_wholebody", names, swaps, links, sigmas, "msra")
+    info = _info("coco_wholebody", names, swaps, links, sigmas, "msra")
+    # iBUG-68 contours: jaw, both eyebrows, nose bridge and base, both eyes and both lips (closed loops).
+    face = [(a, a + 1) for lo, hi in ((0, 16), (17, 21), (22, 26), (27, 30), (31, 35)) for a in range(lo, hi)]
+    for lo, hi in ((36, 41), (42, 47), (48, 59), (60, 67)):
+        face += [(a, a + 1) for a in range(lo, hi)] + [(hi, lo)]
+    index = {n: i for i, n in enumerate(names)}
+    draw = tuple((23 + a, 23 + b) for a, b in face) + tuple(
+        (index[f"{s}_wrist"], index[f"{s}_hand_root"]) for s in ("left", "right"))
+    parts = (("body", 0, 17), ("feet", 17, 23), ("face", 23, 91), ("left_hand", 91, 112), ("right_hand", 112, 133))
+    return DatasetInfo(info.name, info.keypoint_names, info.flip_pairs, info.skeleton, info.sigmas, info.encoding,
+                       draw, parts)
 
 
 COCO_WHOLEBODY = _wholebody()

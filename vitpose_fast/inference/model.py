@@ -45,6 +45,16 @@ class Model(ViTPose):
         self._optimize_for(batch_size, precision)
         return pipeline.predict_iter(self, items, batch_size=batch_size, **kwargs)
 
+    def predict_video(self, source, out, track: bool = False, smooth=None, detect_every: int = 1, **kwargs):
+        """Keypoints for every frame of a video file, webcam or stream as JSON lines in ``out`` (``vis=``: an
+        annotated video). ``track=True``: a ``track_id`` per person; ``smooth="one_euro"``: smoothed keypoints;
+        ``detect_every=N``: the detector on every N-th frame, boxes from the tracks' keypoints in between.
+        Returns ``{"frames", "persons", "seconds", "fps", "persons_per_s"}``.
+        See :func:`vitpose_fast.inference.video.predict_video` for the other arguments."""
+        from vitpose_fast.inference.video import predict_video
+
+        return predict_video(self, source, out, track=track, smooth=smooth, detect_every=detect_every, **kwargs)
+
     def _optimize_for(self, batch_size: int, precision: Optional[str]) -> None:
         if self._optimized is not None and (precision in (None, "auto") or precision == self.precision):
             return

@@ -37,7 +37,7 @@ from vitpose_fast.inference.decode import DECODE_METHODS, flip_back
 ImageInput = Union[np.ndarray, torch.Tensor, "PIL.Image.Image", str, os.PathLike]  # noqa: F821
 PersonResult = Dict[str, Any]
 
-__all__ = ["predict", "predict_iter", "ImageResult", "load_image", "prepare_boxes", "head_dataset"]
+__all__ = ["predict", "predict_iter", "ImageResult", "load_image", "decode_image", "prepare_boxes", "head_dataset"]
 
 
 def _is_single_image(images: Any) -> bool:
@@ -98,16 +98,27 @@ def load_image(path: Union[str, os.PathLike]) -> np.ndarray:
     """Read an image file as HxWx3 uint8 RGB, upright as its EXIF orientation says (grayscale, 16-bit, palette,
     RGBA and CMYK files are converted). Raises FileNotFoundError, or ValueError naming the file when it cannot
     be decoded (including truncated files)."""
-    from PIL import Image, ImageOps
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {os.fspath(path)!r}")
+    return _decode(path, os.fspath(path))
+
+
+def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+    """:func:`load_image` of a file's bytes (e.g. read by Ray Data); ``name`` names it in the error."""
+    import io
+
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source: Any, name: str) -> np.ndarray:
+    from PIL import Image, ImageOps
+
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()  # decode fully here: a truncated file fails now, not half-way through a conversion
             return _pil_to_rgb(ImageOps.exif_transpose(im))
     except Exception as exc:  # PIL raises several unrelated types for unreadable files
-        raise ValueError(f"cannot read image file {os.fspath(path)!r}: {exc}") from exc
+        raise ValueError(f"cannot read image file {name!r}: {exc}") from exc
 
 
 def prepare_boxes(

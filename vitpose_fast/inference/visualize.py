@@ -1,18 +1,27 @@
-"""Draw predicted poses (boxes, skeleton, joints) on an image with PIL and save it as PNG."""
+"""Draw predicted poses (boxes, skeleton, joints) on an image with PIL and save it as PNG.
+
+A 133-keypoint pose (COCO-WholeBody: ViTPose+ ``dataset_index=5`` or any whole-body model) is drawn with its
+whole-body skeleton: body and feet in the person's colour, the face's contours and both hands (wrist to
+fingertips) in their own colours with smaller joints. A person with a ``track_id`` keeps one colour through a
+video (the colour of its id, not of its place in the frame's list), and the id is written in its box.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence, Tuple, Union
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vitpose_fast.data.datasets import COCO
+from vitpose_fast.data.datasets import COCO, COCO_WHOLEBODY, DatasetInfo
 
 __all__ = ["draw_poses", "save_poses"]
 
 _PALETTE = ((255, 64, 64), (64, 160, 255), (255, 200, 0), (0, 220, 120), (220, 80, 255), (255, 128, 0))
+# Whole-body parts other than the body: (link colour, joint radius relative to the body's).
+_PART_STYLE = {"face": ((255, 255, 255), 0.35), "left_hand": ((255, 150, 60), 0.5),
+               "right_hand": ((60, 200, 255), 0.5)}
 
 
 def _as_pil(image: Any) -> Image.Image:
@@ -31,28 +40,46 @@ def _as_pil(image: Any) -> Image.Image:
 def draw_poses(
     image: Any,
     persons: Sequence[Mapping[str, Any]],
-    skeleton: Sequence[Tuple[int, int]] = COCO.skeleton,
+    skeleton: Optional[Sequence[Tuple[int, int]]] = None,
     kpt_thr: float = 0.3,
     draw_boxes: bool = True,
+    dataset: Optional[DatasetInfo] = None,
 ) -> Image.Image:
     """A copy of ``image`` (path, PIL, or HxWx3 uint8 array/tensor) with each person's box, skeleton links and
     joints drawn. ``persons`` are :func:`vitpose_fast.inference.pipeline.predict` results (``keypoints`` [K, 3],
-    optional ``box`` xyxy); joints with score below ``kpt_thr`` and links touching them are skipped (the
-    official demo's ``kpt_thr=0.3``). Line widths scale with the image size."""
+    optional ``box`` xyxy, optional ``track_id``); joints with score below ``kpt_thr`` and links touching them
+    are skipped (the official demo's ``kpt_thr=0.3``). Line widths scale with the image size.
+
+    The links: ``skeleton`` when given, else those of ``dataset``, else of the keypoint count: COCO's for 17,
+    COCO-WholeBody's (with face and hands) for 133."""
     img = _as_pil(image).copy()
     draw = ImageDraw.Draw(img)
     width = max(1, round(max(img.size) / 200))
     for i, person in enumerate(persons):
-        colour = _PALETTE[i % len(_PALETTE)]
+        colour = _PALETTE[int(person.get("track_id", i)) % len(_PALETTE)]
         kps = np.asarray(person["keypoints"], dtype=np.float64)
+        info = dataset if dataset is not None and dataset.num_keypoints == len(kps) else (
+            COCO_WHOLEBODY if len(kps) == COCO_WHOLEBODY.num_keypoints else COCO)
+        links = tuple(skeleton) if skeleton is not None else info.skeleton + info.draw_links
+        part_of = np.zeros(len(kps), dtype=object)
+        part_of[:] = "body"
+        for name, lo, hi in info.parts if skeleton is None else ():
+            part_of[lo:hi] = name
         ok = kps[:, 2] >= kpt_thr
         if draw_boxes and person.get("box") is not None:
             draw.rectangle([float(v) for v in person["box"][:4]], outline=colour, width=width)
-        for a, b in skeleton:
+            if "track_id" in person:
+                x1, y1 = (float(v) for v in person["box"][:2])
+                draw.text((x1 + width + 1, y1 + width), str(int(person["track_id"])), fill=colour)
+        for a, b in links:
             if a < len(kps) and b < len(kps) and ok[a] and ok[b]:
-                draw.line([tuple(kps[a, :2]), tuple(kps[b, :2])], fill=colour, width=width * 2)
-        r = width * 1.5
-        for x, y in kps[ok, :2]:
+                style = _PART_STYLE.get(part_of[b])
+                draw.line([tuple(kps[a, :2]), tuple(kps[b, :2])], fill=colour if style is None else style[0],
+                          width=width * 2 if style is None else width)
+        for j in np.flatnonzero(ok):
+            x, y = kps[j, :2]
+            style = _PART_STYLE.get(part_of[j])
+            r = width * 1.5 * (1.0 if style is None else style[1])
             draw.ellipse([x - r, y - r, x + r, y + r], fill=(255, 255, 255), outline=colour)
     return img
 

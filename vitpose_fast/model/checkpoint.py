@@ -1,11 +1,14 @@
-"""Checkpoints: official mmpose, Hugging Face, MAE/timm and our own format, in and out.
+"""Checkpoints: official mmpose, Hugging Face, MAE/timm, our own format and our sharded (DCP) training
+checkpoints, in and out.
 
 Our state-dict keys are the official ones, so "official" conversion is only packaging; Hugging Face conversion
 renames keys and splits/joins qkv (``convert_vitpose_to_hf.py``'s mapping). Loading follows the official loader
 (``mmcv_custom/checkpoint.py``): the state dict is taken from ``state_dict``, else ``model`` (MAE), else
 ``module``; ``module.``/``encoder.`` prefixes are stripped; 14x14 patch kernels are zero-padded to 16x16;
 ``pos_embed`` is resized bicubically (align_corners=False) when the grids differ, the cls slot kept as is.
-Everything is read with ``torch.load(weights_only=True)``: no arbitrary unpickling.
+Everything is read with ``torch.load(weights_only=True)``: no arbitrary unpickling. Sharded training checkpoints
+(``OUT/last.dcp`` of ``train.py --fsdp``, written by :func:`vitpose_fast.training.distributed.save_sharded`) are
+read here, below the training layer, so that ``Model.from_pretrained`` and the training code share one reader.
 
 Where we knowingly differ: the official resize assumes a square source grid; we take the source grid from the
 checkpoint's own config when it has one, else square, else 4:3 (the ViTPose aspect).
@@ -29,6 +32,9 @@ from vitpose_fast.model.errors import CheckpointError
 StateDict = Dict[str, torch.Tensor]
 FORMAT = "vitpose_fast"
 VERSION = 1
+# A sharded training checkpoint: DCP's files plus this file of everything but the tensors (config included).
+TRAIN_STATE = "train_state.pt"
+SHARDED_FORMAT = "vitpose_fast-train-sharded"
 # Heads per width of the official presets (head counts are not recoverable from tensor shapes).
 _HEADS_BY_WIDTH = {384: 12, 768: 12, 1024: 16, 1280: 16, 1408: 16}
 
@@ -69,6 +75,9 @@ def read_checkpoint(src) -> Tuple[StateDict, Optional[ModelConfig], dict]:
 
             if is_hub_id(src):
                 path = resolve_hub_id(src)
+        if path.is_dir() and is_sharded_checkpoint(path):
+            sd, config = read_sharded_checkpoint(path)
+            return sd, config, {}
         if path.is_dir():
             cfg_file = path / "config.json"
             if cfg_file.exists():
@@ -78,9 +87,11 @@ def read_checkpoint(src) -> Tuple[StateDict, Optional[ModelConfig], dict]:
                     path = path / name
                     break
             else:
+                found = [n for n in ("final.pth", "best.pth", "last.dcp") if (path / n).exists()]
                 raise CheckpointError(
-                    f"folder {str(src)!r} has no model.safetensors or pytorch_model.bin (expected a Hugging Face "
-                    "save_pretrained folder)"
+                    f"folder {str(src)!r} has no model.safetensors or pytorch_model.bin and no DCP .metadata "
+                    "(expected a Hugging Face save_pretrained folder or a sharded training checkpoint such as "
+                    "OUT/last.dcp)" + (f"; it holds {', '.join(found)}: pass one of those" if found else "")
                 )
         elif not path.exists():
             raise CheckpointError(
@@ -129,6 +140,53 @@ def read_checkpoint(src) -> Tuple[StateDict, Optional[ModelConfig], dict]:
             "(backbone.*, keypoint_head.*), Hugging Face (backbone.embeddings.*, head.*) or MAE/timm (blocks.*) keys"
         )
     return sd, config, hf_config
+
+
+def is_sharded_checkpoint(path: os.PathLike) -> bool:
+    """A DCP checkpoint folder (``OUT/last.dcp`` or one of its ``OUT/sharded/step_*`` targets)."""
+    path = Path(path)
+    return path.is_dir() and (path / ".metadata").exists()
+
+
+def read_train_state(path: os.PathLike) -> dict:
+    """The non-tensor part of a sharded training checkpoint (position, schedule, RNGs, config, run metadata)."""
+    path = Path(path)
+    if not is_sharded_checkpoint(path):
+        raise CheckpointError(f"{str(path)!r} is not a sharded training checkpoint (expected a directory with "
+                              f"DCP's .metadata and {TRAIN_STATE}, e.g. OUT/last.dcp)")
+    state_file = path / TRAIN_STATE
+    if not state_file.exists():
+        raise CheckpointError(f"sharded checkpoint {str(path)!r} has no {TRAIN_STATE} (not written by vitpose_fast "
+                              "training, or a write that did not finish)")
+    state = _torch_load(state_file)
+    if not isinstance(state, dict) or state.get("format") != SHARDED_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{str(state_file)!r} is not a {SHARDED_FORMAT} state (format {found!r})")
+    return state
+
+
+def read_sharded_checkpoint(path: os.PathLike) -> Tuple[StateDict, ModelConfig]:
+    """The full model weights and config of a sharded training checkpoint, on the CPU, in this process alone (no
+    process group, no collectives, whatever process count wrote it); the optimizer states are not read."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    state = read_train_state(path)
+    config = ModelConfig.from_dict(state["config"])
+    # DCP fills tensors the caller allocates: their names, shapes and dtypes come from the checkpoint's metadata.
+    metadata = dcp.FileSystemReader(str(path)).read_metadata()
+    prefix = "model."  # save_sharded's {"model": ..., "optim": ...}, flattened
+    sd = {k[len(prefix):]: torch.empty(m.size, dtype=m.properties.dtype)
+          for k, m in metadata.state_dict_metadata.items()
+          if k.startswith(prefix) and isinstance(m, TensorStorageMetadata)}
+    if not sd:
+        raise CheckpointError(f"sharded checkpoint {str(path)!r} holds no model tensors")
+    with warnings.catch_warnings():  # DCP warns about no_dist even when asked for it: one process is the point
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({"model": sd}, checkpoint_id=str(path), no_dist=True)
+    return sd, config
 
 
 def _strip_prefix(k: str) -> str:

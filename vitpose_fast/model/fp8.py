@@ -12,19 +12,21 @@ float8_e4m3fn operands, everything else unchanged.
 
 Precisions: see :mod:`vitpose_fast.model.precision` (``fp8`` = the bf16 model with FP8 GEMMs, applied by its
 :func:`~vitpose_fast.model.precision.apply_precision`). FP8 needs FP8 tensor cores on CUDA (sm_89 Ada, sm_90
-Hopper or newer) or the CPU, and a torch with ``torch._scaled_mm``; anything else fails with :class:`Fp8UnavailableError` saying what is missing.
+Hopper or newer) or the CPU, and a torch whose ``torch._scaled_mm`` takes row-wise scales on that device
+(:func:`check_fp8_support` runs that call once per device on tiny tensors: torch 2.11's CPU build, for one, has
+tensor-wise scales only); anything else fails with :class:`Fp8UnavailableError` saying what is missing.
 Inference only: a quantized model has no trainable GEMM weights and refuses ``train()`` forwards.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from vitpose_fast import ops
-from vitpose_fast.reference.fp8 import FP8, quantize_weight
+from vitpose_fast.reference.fp8 import FP8, fp8_linear_torch, quantize_weight
 
 MIN_CAPABILITY = (8, 9)
 
@@ -54,8 +56,40 @@ def fp8_unavailable_reason(device: torch.device) -> Optional[str]:
     return None
 
 
+# The probe's answer per (device type, index): None (the call works) or why not.
+_PROBED: Dict[Tuple[str, Optional[int]], Optional[str]] = {}
+
+
+def _probe_scaled_mm(device: torch.device) -> Optional[str]:
+    """Why the GEMM of :func:`vitpose_fast.reference.fp8.fp8_linear_torch` (row-wise scales, bf16 bias and output)
+    fails on ``device`` or gives wrong values (None when it works), from one call on 16 x 16 operands whose exact
+    product is known: row i of the result is 16 * (i + 1)."""
+    fallback = "use precision 'bf16' (CLI: --precision bf16) instead"
+    what = f"torch {torch.__version__} cannot run FP8 GEMMs with row-wise scales on {device}"
+    try:
+        ones = torch.ones(16, 16, device=device).to(FP8)
+        row_scale = torch.arange(1, 17, device=device, dtype=torch.float32).reshape(16, 1)
+        col_scale = torch.ones(1, 16, device=device)
+        out = fp8_linear_torch(ones, row_scale, ones, col_scale, torch.zeros(16, device=device))
+    except Exception as e:  # whatever the build raises: unsupported scales, dtypes, kernels
+        first = (str(e).strip().splitlines() or [""])[0]
+        return f"{what} (torch._scaled_mm failed: {type(e).__name__}: {first}); {fallback}"
+    if not torch.equal(out.float().cpu(), (16 * row_scale).expand(16, 16).cpu()):
+        return f"{what} (torch._scaled_mm returned wrong values on a probe with a known product); {fallback}"
+    return None
+
+
 def check_fp8_support(device: torch.device) -> None:
+    """Raise :class:`Fp8UnavailableError` naming why FP8 GEMMs cannot run on ``device``: the static checks of
+    :func:`fp8_unavailable_reason`, then the real ``torch._scaled_mm`` call (probed once per device, cached)."""
+    device = torch.device(device)
     reason = fp8_unavailable_reason(device)
+    if reason is None:
+        key = (device.type, device.index)
+        if key not in _PROBED:
+            with torch.no_grad():
+                _PROBED[key] = _probe_scaled_mm(device)
+        reason = _PROBED[key]
     if reason is not None:
         raise Fp8UnavailableError(reason)
 

@@ -12,8 +12,9 @@
   folder to ``sharded/step_NNNNNNNN`` and atomically repoints the ``last.dcp`` symlink at it. A crash at any
   point leaves ``last.dcp`` at a complete checkpoint. DCP reshards on load: a checkpoint resumes on any number of
   processes, with or without FSDP.
-- :func:`consolidate`: one process, no process group: a sharded checkpoint -> a ``Model.save`` file
-  (``Model.from_pretrained`` loads it). ``python -m vitpose_fast.training.distributed consolidate DIR OUT.pth``.
+- :func:`consolidate`: one process, no process group: a sharded checkpoint -> a ``Model.save`` file.
+  ``python -m vitpose_fast.training.distributed consolidate DIR OUT.pth``. ``Model.from_pretrained(DIR)`` loads
+  the folder directly (the reader, :func:`vitpose_fast.model.checkpoint.read_sharded_checkpoint`, is shared).
 
 The per-rank memory estimate is :mod:`vitpose_fast.training.memory`.
 """
@@ -23,13 +24,21 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+# The reading side lives in the model layer (Model.from_pretrained loads these folders too).
+from vitpose_fast.model.checkpoint import (
+    SHARDED_FORMAT,
+    TRAIN_STATE,
+    is_sharded_checkpoint,
+    read_sharded_checkpoint,
+    read_train_state,
+)
 
 __all__ = [
     "ensure_process_group",
@@ -43,9 +52,6 @@ __all__ = [
     "read_train_state",
     "consolidate",
 ]
-
-TRAIN_STATE = "train_state.pt"
-SHARDED_FORMAT = "vitpose_fast-train-sharded"
 
 
 # ------------------------------------------------------------------------------------------------ wrapping
@@ -83,6 +89,8 @@ def shard_model(model: nn.Module, device: torch.device, param_dtype: Optional[to
     inner = model.module if hasattr(model, "module") else model
     for block in inner.backbone.blocks:
         fully_shard(block, mesh=mesh, mp_policy=mp)
+        # Ahead of FSDP's own post-forward hook, which checks the outputs for views.
+        block.register_forward_hook(_fresh_outputs, prepend=True)
     fully_shard(model, mesh=mesh)
     buffers = list(model.buffers())
     if dist.get_world_size() > 1 and buffers:
@@ -93,6 +101,17 @@ def shard_model(model: nn.Module, device: torch.device, param_dtype: Optional[to
 
         model.register_forward_pre_hook(broadcast_buffers)
     return model
+
+
+def _fresh_outputs(module: nn.Module, args: Any, output: Any) -> Any:
+    """A block's outputs that are views (the torch backend's Linear of a 3-D input returns one) as fresh tensors.
+    FSDP2 hooks its pre-backward all-gather on each output; an in-place op on a view would drop that hook, so it
+    warns about every view it is handed. A copy changes no value."""
+    if isinstance(output, torch.Tensor):
+        return output.clone() if output._base is not None else output
+    if isinstance(output, (tuple, list)):  # (x, pending branch) with pending None or (branch, bias)
+        return type(output)(_fresh_outputs(module, args, o) for o in output)
+    return output
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -124,12 +143,6 @@ def local_copy(model: nn.Module, backend: str = "auto") -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-def is_sharded_checkpoint(path: os.PathLike) -> bool:
-    """A directory written by :func:`save_sharded` (``last.dcp`` or one of its ``sharded/step_*`` folders)."""
-    path = Path(path)
-    return path.is_dir() and (path / ".metadata").exists()
-
-
 def _app_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -202,21 +215,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def read_train_state(path: os.PathLike) -> Dict[str, Any]:
-    """The non-tensor part of a sharded checkpoint (position, schedule, RNGs, config, run metadata)."""
-    path = Path(path)
-    if not is_sharded_checkpoint(path):
-        raise FileNotFoundError(f"{str(path)!r} is not a sharded training checkpoint (expected a directory with "
-                                f"DCP's .metadata and {TRAIN_STATE}, e.g. OUT/last.dcp)")
-    state_file = path / TRAIN_STATE
-    if not state_file.exists():
-        raise FileNotFoundError(f"sharded checkpoint {str(path)!r} has no {TRAIN_STATE}")
-    state = torch.load(state_file, map_location="cpu", weights_only=True)
-    if state.get("format") != SHARDED_FORMAT:
-        raise ValueError(f"{str(state_file)!r} is not a {SHARDED_FORMAT} state (format {state.get('format')!r})")
-    return state
-
-
 def load_sharded(path: os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
     """Load weights and optimizer states of a :func:`save_sharded` checkpoint into ``model`` (FSDP, DDP or plain,
     any number of processes: DCP reshards) and ``optimizer``; returns the train state (:func:`read_train_state`)."""
@@ -233,18 +231,11 @@ def load_sharded(path: os.PathLike, model: nn.Module, optimizer: torch.optim.Opt
 def consolidate(path: os.PathLike, out: os.PathLike) -> Path:
     """A sharded training checkpoint -> the project's own weights file (:meth:`Model.save` format), on one process
     without a process group. Returns ``out``."""
-    import torch.distributed.checkpoint as dcp
-
-    from vitpose_fast.config import ModelConfig
     from vitpose_fast.inference.model import Model
 
-    state = read_train_state(path)
-    model = Model(ModelConfig.from_dict(state["config"]))
-    sd = {"model": model.state_dict()}
-    with warnings.catch_warnings():  # one process without a group is the point here
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(sd, checkpoint_id=str(path), no_dist=not dist.is_initialized())
-    model.load_state_dict(sd["model"])
+    sd, config = read_sharded_checkpoint(path)
+    model = Model(config)
+    model.load_state_dict(sd)
     model.save(out)
     return Path(out)
 

@@ -63,7 +63,8 @@ evaluation), ``last.pth`` (training state, written atomically every ``--save-int
 sharded ``last.dcp`` folder instead, see ``vitpose_fast.training.distributed``; ``--resume`` takes either, drops the
 ``metrics.jsonl`` records after its step and refuses another global batch unless ``--allow-resume-change``),
 ``best.pth`` (model weights of the best val AP, ``Model.from_pretrained``-loadable) and ``final.pth`` (weights
-at the end).
+at the end, also of a run that ``--max-steps`` stopped). ``Model.from_pretrained`` also loads ``last.dcp`` as it is
+(e.g. of a killed run).
 
 Reproducibility: every sample's augmentation is seeded by (seed, epoch, index) and the sampler can start in
 the middle of an epoch, so ``--resume`` continues bit-identically (CPU, or GPU with ``--deterministic``) from any
@@ -198,7 +199,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     r.add_argument("--max-val-images", type=int, help="evaluate on the first N val images only")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--deterministic", action="store_true")
-    r.add_argument("--max-steps", type=int, help="stop (and save last.pth) after this many optimiser steps")
+    r.add_argument("--max-steps", type=int, help="stop (and save last.pth or last.dcp, and final.pth) after this many "
+                   "optimiser steps")
     r.add_argument("--log-interval", type=int, default=20, help="steps between metrics.jsonl records")
     r.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     r.add_argument("--eval-only", action="store_true", help="evaluate the --init weights and exit")
@@ -868,8 +870,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             checkpoint(epoch, batch_in_epoch)
     if bar is not None:
         bar.close()
-    if step >= total_steps:
-        save_weights("final.pth")
+    save_weights("final.pth")  # also when --max-steps stopped the run: its weights, loadable as they are
     summary = {"step": step, "epochs_done": step // iters_per_epoch, "best_ap": best_ap, "last_eval": last_eval, "images_per_s": ips}
     log(json.dumps({"summary": summary}))
     if own_group:
