@@ -17,7 +17,7 @@ Implementations:
 - ``flex``: FlexAttention on the row-major tokens (pooled tokens appended to the keys) with the equivalent
   block mask built by ``create_block_mask``; rows without rel-pos only (skipped when unavailable);
 - global attention also: ``sdpa`` / ``flash`` / ``xformers`` (each when installed) through
-  :func:`vitpose_fast.kernels.attention.global_attention`.
+  :func:`vitpose_fast.ops.global_attention`.
 
 Per row: median / p20 / p80 ms (``triton.testing.do_bench``), speedup over ``torch``, useful TFLOP/s
 (4 * B * heads * d * visible query-key pairs per forward, x3.5 for fwd+bwd, FA2's convention; masked and padded
@@ -133,14 +133,14 @@ def _flex(spec, grid: Tuple[int, int], device: torch.device) -> Optional[Callabl
 
 
 def _global_choice(choice: str) -> Callable:
-    from vitpose_fast.kernels import attention as kernel
+    from vitpose_fast import ops
 
     def fn(q, k, v, spec, grid, rel_pos_h=None, rel_pos_w=None):
-        os.environ[kernel.GLOBAL_ENV] = choice
+        os.environ[ops.GLOBAL_ENV] = choice
         try:
-            return kernel.global_attention(q, k, v)
+            return ops.global_attention(q, k, v)
         finally:
-            os.environ.pop(kernel.GLOBAL_ENV, None)
+            os.environ.pop(ops.GLOBAL_ENV, None)
 
     return fn
 
@@ -154,14 +154,15 @@ def _all_impls(spec, grid, device: torch.device, dtype: torch.dtype, with_flex: 
 
     impls: Dict[str, Callable] = {"torch": attention_torch}
     if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        from vitpose_fast import ops
         from vitpose_fast.kernels import attention as kernel
 
         impls["triton"] = kernel.attention
         if device.type == "cuda" and spec.kind == "global" and not spec.rel_pos:
             impls["sdpa"] = _global_choice("sdpa")
-            if kernel._flash_attn_func() is not None and dtype != torch.float32:
+            if ops._flash_attn_func() is not None and dtype != torch.float32:
                 impls["flash"] = _global_choice("flash")
-            if kernel._xformers_attention() is not None:
+            if ops._xformers_attention() is not None:
                 impls["xformers"] = _global_choice("xformers")
     try:
         flex = _flex(spec, grid, device) if with_flex else None

@@ -33,7 +33,7 @@ from vitpose_fast.benchmarking.common import environment, text_table
 def _write_inputs(root: Path, n: int, depth: int) -> Path:
     from PIL import Image
 
-    from vitpose_fast.model.model import Model
+    from vitpose_fast import Model
 
     folder = root / "images"
     folder.mkdir()

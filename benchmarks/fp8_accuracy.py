@@ -34,7 +34,7 @@ from vitpose_fast.benchmarking.common import RESULTS_DIR, environment, markdown_
 from vitpose_fast import Model
 from vitpose_fast.data.crop import box_to_center_scale
 from vitpose_fast.inference.decode import decode_heatmaps
-from vitpose_fast.model.fp8 import PRECISIONS, PRECISION_DTYPES, apply_precision
+from vitpose_fast.model.precision import PRECISIONS, PRECISION_DTYPES, apply_precision
 
 TRAIN_IMAGES, VAL_IMAGES, EPOCHS, SEED = 300, 40, 12, 0  # as tests/test_train_ddp.py's learning test
 AP_BAR, MEDIAN_PX_BAR = 0.01, 0.1

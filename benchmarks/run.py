@@ -14,13 +14,13 @@ Backends (a backend that cannot run here is skipped with a one-line reason):
 - ``compile``: ``torch.compile`` of the backend-"torch" model (``--compile-mode``, default max-autotune, in
   ``--dtype`` on GPU; default mode in fp32 on CPU, skipped there when it would not fit the time budget);
 - ``xformers`` / ``flash-attn``: backend "torch" with global attention routed to those libraries;
-- ``vitpose_fast``: backend "auto" (our Triton kernels on CUDA), set up by ``Model.optimize(batch, --dtype)``
-  for inference (weights cast, folded classic head, CUDA graphs on CUDA: the call users make); training runs the
+- ``vitpose_fast``: backend "auto" (our Triton kernels on CUDA), set up by ``Model.optimize(batch, precision)``
+  (``--dtype``) for inference (weights cast, folded classic head, CUDA graphs on CUDA: the call users make); training runs the
   same fused kernels (fp32 weights under autocast, their backward);
 - ``vitpose_fast+compile``: the same optimized model (without CUDA graphs) under ``torch.compile`` (``--compile-mode``;
   our ops are opaque custom ops, so Inductor fuses around them);
 - ``vitpose_fast-fp8``: the same in bf16 with the backbone's GEMMs in FP8, set up by
-  ``Model.optimize(batch, bfloat16, precision="fp8")`` (inference only; sm_89+ GPUs and CPU). Its MFU is against
+  ``Model.optimize(batch, precision="fp8")`` (inference only; sm_89+ GPUs and CPU). Its MFU is against
   the measured bf16 matmul rate (FP8 tensor cores peak at about twice that), as the row's note says.
 
 Every backend gets the same random weights (one model built with ``--seed``, its state dict copied) and the same
@@ -73,6 +73,8 @@ GPU_BATCHES = (1, 8, 32, 64)
 CPU_COMPILE_S = 45.0  # rough cost of one CPU torch.compile (one per batch size), for the CPU plan
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "fp32": torch.float32, "float32": torch.float32}
+# Model.optimize's precision for a --dtype; fp16 has no name: "auto" keeps the fp16 weights _our_model cast.
+PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 
 # Targets of the vitpose_fast row (GPU, bf16, the largest batch): MFU, and speed-up over other rows.
 TARGET_MFU = 0.75
@@ -344,7 +346,8 @@ def build(name: str, shared: Shared, train: bool, config: Optional[ModelConfig] 
         if name == "vitpose_fast+compile" and plan.skip_compile:
             raise Skip(plan.skip_compile)
         if not train:  # the user's inference call: weights in --dtype, folded head, CUDA graphs on CUDA
-            model.optimize(max(plan.batches), dtype=low, cuda_graphs=name == "vitpose_fast")
+            model.optimize(max(plan.batches), precision=PRECISION_NAMES.get(low, "auto"),
+                           cuda_graphs=name == "vitpose_fast")
         if name == "vitpose_fast":
             return Candidate(name, model, _bind(model), low, autocast=autocast)
         compiled = torch.compile(model, mode=plan.compile_mode, dynamic=False)
@@ -356,7 +359,7 @@ def build(name: str, shared: Shared, train: bool, config: Optional[ModelConfig] 
         if reason:
             raise Skip(reason)
         model = _our_model(shared, "auto", torch.bfloat16, config).optimize(
-            max(plan.batches), torch.bfloat16, cuda_graphs=True, precision="fp8")
+            max(plan.batches), precision="fp8", cuda_graphs=True)
         return Candidate(name, model, _bind(model), torch.bfloat16)
     raise ValueError(f"unknown backend {name!r}")
 

@@ -63,7 +63,6 @@ without rel-pos (32-row tiles run mma.sync: wgmma needs M >= 64 per warpgroup); 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -72,6 +71,7 @@ import triton
 import triton.language as tl
 
 from vitpose_fast.config import AttentionSpec
+from vitpose_fast.kernels import runtime
 from vitpose_fast.reference.attention import Geometry, check_extra, check_inputs, pool_windows, token_layout
 
 LOG2E = 1.4426950408889634
@@ -89,7 +89,8 @@ class Config:
 
 
 DEFAULT_CONFIG = Config()
-# Swept only with VITPOSE_FAST_AUTOTUNE=1 (forward timing, per shape/spec, cached for the process). Every entry
+# Swept only with VITPOSE_FAST_AUTOTUNE=1 (:func:`vitpose_fast.kernels.runtime.tuned`: forward timing, per
+# shape/spec, cached for the process). Every entry
 # builds for sm_90a without spills and on wgmma only (tests/test_kernel_report.py): 32-row tiles (64x32, 32x32)
 # fell back to mma.sync, 128x128 w8 spilled 0.1-0.2 KB per thread in the forward and dQ pass at d80, 64x64 w4
 # with 3 stages 4 B in the forward.
@@ -97,7 +98,6 @@ AUTOTUNE_CONFIGS = (
     DEFAULT_CONFIG,
     Config(128, 64, 8, 2),
 )
-_TUNED: dict = {}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -676,8 +676,7 @@ _rel_pos_op.register_autograd(_rel_pos_backward, setup_context=_rel_pos_setup_co
 # public API
 def supports(q: torch.Tensor, spec: AttentionSpec) -> bool:
     """Whether :func:`attention` runs q of this shape/dtype/device (grid limits are checked at the call)."""
-    on_device = q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    return on_device and q.dim() == 4 and q.dtype in _DTYPES and 1 <= q.shape[-1] <= MAX_HEAD_DIM
+    return runtime.on_device(q) and q.dim() == 4 and q.dtype in _DTYPES and 1 <= q.shape[-1] <= MAX_HEAD_DIM
 
 
 def _rel_pos_tables(q: torch.Tensor, spec: AttentionSpec, grid, g: Geometry, rel_pos_h, rel_pos_w):
@@ -691,20 +690,8 @@ def _rel_pos_tables(q: torch.Tensor, spec: AttentionSpec, grid, g: Geometry, rel
 
 
 def _config(q: torch.Tensor, spec: AttentionSpec, g: Geometry, appended: int, run) -> Config:
-    if os.environ.get("VITPOSE_FAST_AUTOTUNE") != "1" or not q.is_cuda:
-        return DEFAULT_CONFIG
-    key = (tuple(q.shape), q.dtype, spec, g, appended)
-    if key not in _TUNED:
-        from triton.testing import do_bench
-
-        def ms(c: Config) -> float:
-            try:
-                return do_bench(lambda: run(c))
-            except triton.runtime.errors.OutOfResources:  # e.g. big tiles at head_dim 128
-                return float("inf")
-
-        _TUNED[key] = min(AUTOTUNE_CONFIGS, key=ms)
-    return _TUNED[key]
+    key = (__name__, tuple(q.shape), q.dtype, q.device, spec, g, appended)
+    return runtime.tuned(key, DEFAULT_CONFIG, AUTOTUNE_CONFIGS, run)
 
 
 def attention(
@@ -757,111 +744,6 @@ def attention(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# plain global attention on CUDA: our kernel or a vendor kernel, by measured speed
-GLOBAL_ENV = "VITPOSE_FAST_GLOBAL_ATTENTION"
-GLOBAL_CHOICES = ("auto", "flash", "xformers", "sdpa", "triton")
-
-
-@dataclass(frozen=True)
-class GlobalTiming:
-    """One measured forward of plain global attention: our kernel vs the vendor kernel ``auto`` would call
-    otherwise, on one device (``torch.cuda.get_device_name`` prefix), dtype and shape [batch, tokens, heads,
-    head_dim]."""
-
-    device: str
-    dtype: torch.dtype
-    batch: int
-    tokens: int
-    heads: int
-    head_dim: int
-    vendor: str  # "flash", "xformers" or "sdpa": what was timed against ours
-    triton_ms: float
-    vendor_ms: float
-
-
-# Measured speeds (bench_attention.py, global spec). Empty until GPU measurements are committed: with no entry
-# for a device / dtype / head dim, ``auto`` takes the vendor kernel.
-GLOBAL_TIMINGS: Tuple[GlobalTiming, ...] = ()
-
-
-_DEVICE_NAMES: dict = {}
-
-
-def _device_name(device: torch.device) -> str:
-    if device not in _DEVICE_NAMES:
-        _DEVICE_NAMES[device] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    return _DEVICE_NAMES[device]
-
-
-def choose_global(q: torch.Tensor, timings: Optional[Tuple[GlobalTiming, ...]] = None) -> str:
-    """``"triton"`` or ``"vendor"`` for global attention on q [B, N, heads, d]: the entry of ``timings`` (default
-    :data:`GLOBAL_TIMINGS`) measured on this device, dtype and head dim whose shape is nearest (log-distance in
-    tokens, then in batch * heads) decides; no such entry -> ``"vendor"``."""
-    from math import log
-
-    timings = GLOBAL_TIMINGS if timings is None else timings
-    b, n, h, d = q.shape
-    name = _device_name(q.device)
-    entries = [t for t in timings if t.head_dim == d and t.dtype == q.dtype and name.startswith(t.device)]
-    if not entries:
-        return "vendor"
-    best = min(entries, key=lambda t: (abs(log(t.tokens / max(n, 1))), abs(log(t.batch * t.heads / max(b * h, 1)))))
-    return "triton" if best.triton_ms < best.vendor_ms else "vendor"
-
-
-def _flash_attn_func():
-    try:
-        from flash_attn import flash_attn_func
-    except ImportError:
-        return None
-    return flash_attn_func
-
-
-def _xformers_attention():
-    try:
-        from xformers.ops import memory_efficient_attention
-    except ImportError:
-        return None
-    return memory_efficient_attention
-
-
-def global_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    extra_k: Optional[torch.Tensor] = None,
-    extra_v: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """Plain global attention (no rel-pos) of CUDA q, k, v [B, N, heads, d] -> [B, N, heads, d].
-
-    Extra key/value tokens ([B, T, heads, d]) are concatenated to k and v for the vendor kernels (they take
-    N + T keys for N queries; one copy of k and v) and passed as appended tokens to ours.
-
-    ``VITPOSE_FAST_GLOBAL_ATTENTION`` picks flash / xformers / sdpa / triton; ``auto`` (default) runs our kernel
-    where :func:`choose_global` finds it measured faster for this device, dtype, head dim and shape (the d80 of
-    ViT-H is the case in question: flash-attn pads it to 96, FlexAttention to 128), else flash-attn's
-    ``flash_attn_func`` (fp16/bf16), else xFormers' ``memory_efficient_attention``, else SDPA: tuned vendor
-    FA2/FA3/cuDNN kernels that read the [B, N, heads, d] layout directly (SDPA through transposed views).
-    """
-    choice = os.environ.get(GLOBAL_ENV, "auto").strip().lower() or "auto"
-    if choice not in GLOBAL_CHOICES:
-        raise ValueError(f"{GLOBAL_ENV}={choice!r}; expected one of {', '.join(GLOBAL_CHOICES)}")
-    if choice == "auto" and choose_global(q) == "triton":
-        choice = "triton"
-    if choice == "triton" and supports(q, AttentionSpec()):
-        return attention(q, k, v, AttentionSpec(), (1, q.shape[1]), extra_k=extra_k, extra_v=extra_v)
-    if check_extra(q, extra_k, extra_v):
-        k, v = torch.cat([k, extra_k], dim=1), torch.cat([v, extra_v], dim=1)
-    half = q.dtype in (torch.float16, torch.bfloat16)
-    if choice in ("auto", "flash") and half and q.shape[-1] <= 256 and _flash_attn_func() is not None:
-        return _flash_attn_func()(q, k, v)
-    if choice in ("auto", "xformers") and _xformers_attention() is not None:
-        return _xformers_attention()(q, k, v)
-    out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2)
-
-
-# --------------------------------------------------------------------------------------------------------------
 # kernel resource report (python -m vitpose_fast.kernels.report)
 REPORT_MODES = ("global", "window", "shift", "pool", "shift_pool")
 
@@ -883,7 +765,7 @@ def report_cases(head_dims=(64, 80, 88, 104), modes=REPORT_MODES, rel_pos=(False
     setting and config (default: every AUTOTUNE_CONFIGS entry at d64 and d80, the default elsewhere)."""
     from vitpose_fast.reference.attention import geometry
 
-    from vitpose_fast.kernels.report import Case, meta_tensor
+    from vitpose_fast.kernels.report_case import Case, meta_tensor
 
     cases = []
     for d in head_dims:

@@ -17,14 +17,13 @@ bf16 arithmetic there).
 from __future__ import annotations
 
 import functools
-import os
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from vitpose_fast.kernels import fp8_quant
+from vitpose_fast.kernels import fp8_quant, runtime
 from vitpose_fast.kernels.fp8_quant import quantize_tile
 from vitpose_fast.reference.fp8 import E4M3_MAX, EPS, FP8
 
@@ -84,25 +83,13 @@ def _bwd_kernel(
 
 # --------------------------------------------------------------------------------------------------------------
 # launch settings (one tile shape; no autotune)
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def settings(n_cols: int, interpreting: Optional[bool] = None) -> Tuple[int, int, int]:
+def settings(n_cols: int) -> Tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps): 8 x 256 tiles on GPU (16 elements per thread at 4 warps; at 16 x 256 the
     sm_90a backward needed 154 registers, 8 x 256 keeps occupancy up for this memory-bound op); bigger tiles under
     the interpreter (fewer, larger numpy steps)."""
-    interpreting = _interpreting() if interpreting is None else interpreting
-    block_n = min(triton.next_power_of_2(n_cols), 1024 if interpreting else 256)
-    block_m = (16384 if interpreting else 2048) // block_n
+    interpreting = runtime.interpreting()
+    block_m, block_n = runtime.row_tile(n_cols, runtime.row_elements(2048), 1024 if interpreting else 256)
     return block_m, block_n, 4
-
-
-@functools.lru_cache(maxsize=None)
-def _row_programs(device_index: int) -> int:
-    if _interpreting() or not torch.cuda.is_available():
-        return 4
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -131,7 +118,8 @@ def _backward(dy: torch.Tensor, a: torch.Tensor, bias: torch.Tensor) -> Tuple[to
     da = torch.empty((n_rows, n_cols), device=a.device, dtype=a.dtype)
     block_m, block_n, num_warps = settings(n_cols)
     n_col_blocks = triton.cdiv(n_cols, block_n)
-    g = max(1, min(triton.cdiv(_row_programs(a.device.index or 0) * 4, n_col_blocks), triton.cdiv(n_rows, block_m)))
+    programs = runtime.persistent_programs(a.device.index or 0)
+    g = max(1, min(triton.cdiv(programs * 4, n_col_blocks), triton.cdiv(n_rows, block_m)))
     rows_per_program = triton.cdiv(triton.cdiv(max(n_rows, 1), g), block_m) * block_m
     g = max(1, triton.cdiv(n_rows, rows_per_program))
     part = torch.zeros((g, n_cols), device=a.device, dtype=torch.float32)
@@ -182,7 +170,7 @@ _fwd_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 # public API
 def supports(a: torch.Tensor) -> bool:
     """Whether :func:`bias_gelu` runs this input (device, dtype)."""
-    return (a.is_cuda or _interpreting()) and a.dtype in _DTYPES and a.dim() >= 1 and a.shape[-1] > 0
+    return runtime.on_device(a) and a.dtype in _DTYPES and a.dim() >= 1 and a.shape[-1] > 0
 
 
 def bias_gelu(a: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -258,10 +246,12 @@ def bias_gelu_fp8(a: torch.Tensor, bias: torch.Tensor) -> Tuple[torch.Tensor, to
 
 # --------------------------------------------------------------------------------------------------------------
 # ahead-of-time compilation cases (sm_90a kernel report)
-def report_cases(rows: int = 32 * 36 * 27, widths=(1536, 3072, 4096, 5120, 6144), dtype=torch.bfloat16):
+def report_cases(rows: int = 32 * 36 * 27, widths=(1536, 3072, 4096, 5120, 6144), dtype=torch.bfloat16,
+                 fp8_width: int = 5120):
     """The kernel report's cases (:mod:`vitpose_fast.kernels.report`): forward and backward at every ViT MLP
-    width, ViTPose-H 576x432 batch 32 rows, the launchers' own settings."""
-    from vitpose_fast.kernels.report import Case, meta_tensor
+    width, and the FP8-output forward at ViT-H's (``fp8_width``, when among ``widths``), ViTPose-H 576x432 batch
+    32 rows, the launchers' own settings."""
+    from vitpose_fast.kernels.report_case import Case, meta_tensor
 
     def fwd(h):
         _forward(meta_tensor(rows, h, dtype=dtype), meta_tensor(h, dtype=dtype))
@@ -270,6 +260,11 @@ def report_cases(rows: int = 32 * 36 * 27, widths=(1536, 3072, 4096, 5120, 6144)
         a = meta_tensor(rows, h, dtype=dtype)
         _backward(meta_tensor(rows, h, dtype=dtype), a, meta_tensor(h, dtype=dtype))
 
+    def fwd_fp8(h):
+        _forward_fp8(meta_tensor(rows, h, dtype=dtype), meta_tensor(h, dtype=dtype))
+
     return [Case(module=__name__, kernels={name: label}, launch=functools.partial(fn, h), spec=f"H={h}")
             for h in widths for name, label, fn in (("_fwd_kernel", "bias_gelu_fwd", fwd),
-                                                    ("_bwd_kernel", "bias_gelu_bwd", bwd))]
+                                                    ("_bwd_kernel", "bias_gelu_bwd", bwd))] + [
+        Case(module=__name__, kernels={"_fwd_fp8_kernel": "bias_gelu_fp8"}, launch=functools.partial(fwd_fp8, h),
+             spec=f"H={h}") for h in widths if h == fp8_width]

@@ -25,13 +25,13 @@ the FP8 path is a forward-only transform of a trained model.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Tuple
 
 import torch
 import triton
 import triton.language as tl
 
+from vitpose_fast.kernels import runtime
 from vitpose_fast.reference.fp8 import E4M3_MAX, EPS, FP8
 
 MAX_K = 16384
@@ -76,16 +76,10 @@ def _quantize_rows_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, BLOCK_M: tl.cons
 
 def tile_settings(k: int) -> tuple:
     """(BLOCK_M, BLOCK_K, num_warps) for whole rows of K: about 4K elements per program on GPU, 16K under the
-    interpreter (fewer numpy steps)."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        block_k = triton.next_power_of_2(k)
-        return max(1, 16384 // block_k), block_k, 4
-    return tile_settings_gpu(k)
-
-
-def tile_settings_gpu(k: int) -> tuple:
-    block_k = triton.next_power_of_2(k)
-    block_m = max(1, 4096 // block_k)
+    interpreter (:func:`runtime.row_elements`)."""
+    block_m, block_k = runtime.row_tile(k, runtime.row_elements(4096))
+    if runtime.interpreting():
+        return block_m, block_k, 4
     return block_m, block_k, max(1, min(16, block_m * block_k // 256))
 
 
@@ -147,25 +141,13 @@ def supports(x: torch.Tensor) -> bool:
 # ahead-of-time compilation cases (sm_90a kernel report)
 def report_cases(rows: int = 32 * 36 * 27, dtype=torch.bfloat16) -> list:
     """The kernel report's cases (:mod:`vitpose_fast.kernels.report`): the standalone quantization at the GEMM
-    input widths of ViTPose-H (C = 1280, 4C = 5120) and the FP8-output forms of the fused residual+LayerNorm
-    (C = 1280) and bias+GELU (4C = 5120) kernels, bf16 in, ViT-H 576x432 batch 32 rows, the launchers' settings."""
-    from vitpose_fast.kernels import bias_gelu, residual_layer_norm
-    from vitpose_fast.kernels.report import Case, meta_tensor
+    input widths of ViTPose-H (C = 1280, 4C = 5120), bf16 in, ViT-H 576x432 batch 32 rows, the launcher's
+    settings. The FP8-output forms of the fused residual+LayerNorm and bias+GELU kernels are in their modules'
+    cases."""
+    from vitpose_fast.kernels.report_case import Case, meta_tensor
 
     def quantize(k):
         _launch(meta_tensor(rows, k, dtype=dtype))
 
-    def norm_fp8():
-        vec = meta_tensor(1280, dtype=dtype)
-        residual_layer_norm._forward_fp8(meta_tensor(rows, 1280, dtype=dtype), meta_tensor(rows, 1280, dtype=dtype),
-                                         vec, vec, vec, 1e-6)
-
-    def gelu_fp8():
-        bias_gelu._forward_fp8(meta_tensor(rows, 5120, dtype=dtype), meta_tensor(5120, dtype=dtype))
-
     return [Case(module=__name__, kernels={"_quantize_rows_kernel": "fp8_quantize"},
-                 launch=functools.partial(quantize, k), spec=f"K={k}") for k in (1280, 5120)] + [
-        Case(module=residual_layer_norm.__name__, kernels={"_fwd_fp8_kernel": "residual_ln_fp8"}, launch=norm_fp8,
-             spec="C=1280"),
-        Case(module=bias_gelu.__name__, kernels={"_fwd_fp8_kernel": "bias_gelu_fp8"}, launch=gelu_fp8, spec="H=5120"),
-    ]
+                 launch=functools.partial(quantize, k), spec=f"K={k}") for k in (1280, 5120)]

@@ -1,7 +1,8 @@
 """Fused top-down heatmap decoding: argmax, sub-pixel refinement and the transform back, in one launch.
 
-Same maths as :mod:`vitpose_fast.inference.decode` (official mmpose 0.x ``_get_max_preds``, ``post_process='default'``,
-DARK ``_gaussian_blur`` + ``_taylor``, ``post_dark_udp``, ``transform_preds``); see its module doc for the formulas.
+Same maths as :mod:`vitpose_fast.reference.heatmap_decode` (official mmpose 0.x ``_get_max_preds``,
+``post_process='default'``, DARK ``_gaussian_blur`` + ``_taylor``, ``post_dark_udp``, ``transform_preds``); see
+its module doc for the formulas.
 
 One program per (person, keypoint) map:
 
@@ -33,24 +34,24 @@ its transform); H * W < 2**31; map base offsets are int64, so the batch may exce
 Blur kernel: odd, 1..17 (the patch window and the unrolled taps must stay small). NaN inputs are not supported
 (the argmax skips NaN, torch would return it). Inference only (no autograd).
 
-Tuning: one default config; ``VITPOSE_FAST_AUTOTUNE=1`` sweeps BLOCK x num_warps keyed on the map size.
+Tuning: one default config; ``VITPOSE_FAST_AUTOTUNE=1`` sweeps BLOCK x num_warps keyed on the map size
+(:func:`vitpose_fast.kernels.runtime.tuned`).
 """
 
 from __future__ import annotations
 
 import functools
-import os
-from typing import List
 
 import torch
 import triton
 import triton.language as tl
 
-from vitpose_fast.inference.decode import DECODE_METHODS, ArrayLike, gaussian_kernel1d
+from vitpose_fast.kernels import runtime
+from vitpose_fast.reference.heatmap_decode import DECODE_METHODS, ArrayLike, gaussian_kernel1d
 
 # The kernel's METHOD constexpr.
 _METHOD_IDS = {name: i for i, name in enumerate(("argmax", "default", "dark", "udp"))}
-assert set(_METHOD_IDS) == set(DECODE_METHODS), "method list out of sync with vitpose_fast.inference.decode"
+assert set(_METHOD_IDS) == set(DECODE_METHODS), "method list out of sync with vitpose_fast.reference.heatmap_decode"
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_KERNEL = 17  # official configs use 11 (sigma 2) and 17 (sigma 3); larger ones unroll into huge code
 
@@ -279,25 +280,7 @@ def _heatmap_decode_kernel(
 _DEFAULT_CONFIG = triton.Config({"BLOCK": 2048}, num_warps=4)
 
 
-def _sweep_configs() -> List[triton.Config]:
-    return [triton.Config({"BLOCK": b}, num_warps=w) for b in (512, 1024, 2048, 4096) for w in (2, 4, 8)]
-
-
-def _autotune_enabled() -> bool:
-    return os.environ.get("VITPOSE_FAST_AUTOTUNE") == "1" and os.environ.get("TRITON_INTERPRET") != "1"
-
-
-_autotuned_kernel = None
-
-
-def _tuned_kernel():
-    global _autotuned_kernel
-    if _autotuned_kernel is None:
-        # H and W key the sweep: the chunk loop length and the patch costs depend on the map size only.
-        _autotuned_kernel = triton.autotune(configs=_sweep_configs(), key=["H", "W", "METHOD", "KSIZE"])(
-            _heatmap_decode_kernel
-        )
-    return _autotuned_kernel
+_SWEEP = tuple(triton.Config({"BLOCK": b}, num_warps=w) for b in (512, 1024, 2048, 4096) for w in (2, 4, 8))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -343,15 +326,16 @@ def _launch(heatmaps: torch.Tensor, centers: torch.Tensor, scales: torch.Tensor,
     patch = triton.next_power_of_2(tile - (kernel - 1))
     args = (hm, centers, scales, taps, out, K, H, W)
     meta = dict(METHOD=_METHOD_IDS[method], KSIZE=kernel, KP=triton.next_power_of_2(kernel), TILE=tile, PATCH=patch)
-    grid = (N * K,)
-    if _autotune_enabled():
-        _tuned_kernel()[grid](*args, **meta)
-    else:
-        cfg = _DEFAULT_CONFIG
-        # dark's blur-17 patches ([32, 16, 32] gathers, [32, 16, 16] selections) spill ~0.8 KB per thread at 4
-        # warps on sm_90a; 8 warps halve each thread's share (kernel report).
-        warps = 8 if method == "dark" and kernel > 11 else cfg.num_warps
-        _heatmap_decode_kernel[grid](*args, **meta, **cfg.kwargs, num_warps=warps)
+    # dark's blur-17 patches ([32, 16, 32] gathers, [32, 16, 16] selections) spill ~0.8 KB per thread at 4
+    # warps on sm_90a; 8 warps halve each thread's share (kernel report).
+    default = triton.Config(_DEFAULT_CONFIG.kwargs, num_warps=8) if method == "dark" and kernel > 11 else (
+        _DEFAULT_CONFIG)
+
+    def run(cfg: triton.Config) -> None:
+        _heatmap_decode_kernel[(N * K,)](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps)
+
+    # The map size keys the sweep: the chunk loop length and the patch costs depend on it only.
+    run(runtime.tuned(("heatmap_decode", H, W, method, kernel, hm.dtype, hm.device), default, _SWEEP, run))
     return out
 
 
@@ -375,7 +359,8 @@ def decode_heatmaps_triton(
 ) -> torch.Tensor:
     """Decode [N, K, H, W] heatmaps to [N, K, 3] float32 (x, y, score) in image coordinates, in one launch.
 
-    Same signature and results as :func:`vitpose_fast.inference.decode.decode_heatmaps` (see the module doc for limits).
+    Same signature and results as :func:`vitpose_fast.reference.heatmap_decode.decode_heatmaps_ref` (see the
+    module doc for limits).
     """
     _check(heatmaps, method, kernel)
     n = heatmaps.shape[0]
@@ -402,7 +387,7 @@ def supports(heatmaps: torch.Tensor, method: str, kernel: int = 11) -> bool:
 def report_cases(batch: int = 32, keypoints: int = 17, size=(144, 108), dtype=torch.float32):
     """The report's cases: every method at each blur size the official configs use (11: sigma 2, 17: sigma 3;
     the blur only matters for dark and udp), ViTPose-H 576x432 heatmaps, the launcher's default config."""
-    from vitpose_fast.kernels.report import Case, meta_tensor
+    from vitpose_fast.kernels.report_case import Case, meta_tensor
 
     cases = []
     for method in ("argmax", "default", "dark", "udp"):

@@ -34,9 +34,11 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
+
+from vitpose_fast.kernels.report_case import Case, meta_tensor  # noqa: F401  (the kernel modules' report_cases use them)
 
 # Modules whose report_cases() make up the report (a new kernel module adds itself here).
 MODULES = ("vitpose_fast.kernels.attention", "vitpose_fast.kernels.simple_decoder",
@@ -46,26 +48,6 @@ ARCH = 90
 _PTR_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64",
               torch.int32: "*i32", torch.int64: "*i64", torch.int8: "*i8", torch.uint8: "*u8", torch.bool: "*i1",
               torch.float8_e4m3fn: "*fp8e4nv"}
-
-
-@dataclass
-class Case:
-    """One report row before compiling: ``launch()`` runs the module's launcher on meta tensors; each jit kernel
-    it launches (``kernels``: attribute name in ``module`` -> row label) is recorded and compiled.
-
-    ``default``: the config the code picks without autotuning; ``tensor_core``: the kernel is expected to use the
-    tensor cores (checked by the CI test: it must then emit wgmma)."""
-
-    module: str
-    kernels: Dict[str, object]  # attribute -> label, or a callable(launch kwargs) -> label
-    launch: Callable[[], object]
-    spec: str
-    head_dim: int = 0
-    config: str = "default"
-    default: bool = True
-    rel_pos: bool = False
-    tensor_core: bool = False
-    tags: Sequence[str] = ()
 
 
 @dataclass
@@ -127,11 +109,6 @@ def _recording(module, names: Sequence[str]) -> Iterator[Dict[str, List[_Call]]]
     finally:
         for n, v in saved.items():
             setattr(module, n, v)
-
-
-def meta_tensor(*shape: int, dtype=torch.bfloat16) -> torch.Tensor:
-    """A data-free tensor for a case's launcher call (real shapes and strides)."""
-    return torch.empty(*shape, dtype=dtype, device="meta")
 
 
 # --------------------------------------------------------------------------------------------------------------

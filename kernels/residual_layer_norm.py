@@ -27,14 +27,13 @@ through the torch path's error on CPU).
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from vitpose_fast.kernels import fp8_quant
+from vitpose_fast.kernels import fp8_quant, runtime
 from vitpose_fast.kernels.fp8_quant import quantize_tile
 from vitpose_fast.reference.fp8 import E4M3_MAX, EPS, FP8
 
@@ -141,26 +140,13 @@ def _bwd_kernel(
 
 # --------------------------------------------------------------------------------------------------------------
 # launch settings (no autotune: one tile shape per width, as Liger's calculate_settings)
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def settings(n_cols: int, interpreting: Optional[bool] = None) -> Tuple[int, int, int]:
+def settings(n_cols: int) -> Tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps) for rows of ``n_cols``: about 4K elements per program on GPU (2 rows at
-    C = 1280), more rows per program under the interpreter (fewer, larger numpy steps)."""
-    interpreting = _interpreting() if interpreting is None else interpreting
-    block_n = triton.next_power_of_2(n_cols)
-    block_m = max(1, (16384 if interpreting else 4096) // block_n)
+    C = 1280), more rows per program under the interpreter (:func:`runtime.row_elements`)."""
+    block_m, block_n = runtime.row_tile(n_cols, runtime.row_elements(4096))
     elems = block_m * block_n
     num_warps = 16 if elems >= 16384 else 8 if elems >= 2048 else 4
     return block_m, block_n, num_warps
-
-
-@functools.lru_cache(maxsize=None)
-def _programs_for_reduction(device_index: int) -> int:
-    if _interpreting() or not torch.cuda.is_available():
-        return 4
-    return 2 * torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -202,7 +188,7 @@ def _backward(s: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: t
     ds = torch.empty_like(s2)
     block_m, block_n, num_warps = settings(c)
     dev = s.device.index if s.is_cuda else 0
-    g = max(1, min(_programs_for_reduction(dev or 0), triton.cdiv(n_rows, block_m)))
+    g = max(1, min(runtime.persistent_programs(dev or 0, 2), triton.cdiv(n_rows, block_m)))
     rows_per_program = triton.cdiv(triton.cdiv(n_rows, g), block_m) * block_m
     g = max(1, triton.cdiv(n_rows, rows_per_program))
     parts = [torch.empty((g, c), device=s.device, dtype=torch.float32) for _ in range(3 if has_bias else 2)]
@@ -279,7 +265,7 @@ _fwd_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 # public API
 def supports(x: torch.Tensor, branch: torch.Tensor) -> bool:
     """Whether :func:`residual_layer_norm` runs these inputs (device, dtypes, width)."""
-    on_device = (x.is_cuda and branch.is_cuda) or _interpreting()
+    on_device = runtime.on_device(x, branch)
     return (on_device and x.dtype in _DTYPES and branch.dtype in _DTYPES and x.dim() >= 2
             and 0 < x.shape[-1] <= MAX_COLS)
 
@@ -388,10 +374,12 @@ def residual_layer_norm_fp8(
 
 # --------------------------------------------------------------------------------------------------------------
 # ahead-of-time compilation cases (sm_90a kernel report)
-def report_cases(rows: int = 32 * 36 * 27, widths=(384, 768, 1024, 1280, 1408), dtype=torch.bfloat16):
+def report_cases(rows: int = 32 * 36 * 27, widths=(384, 768, 1024, 1280, 1408), dtype=torch.bfloat16,
+                 fp8_width: int = 1280):
     """The kernel report's cases (:mod:`vitpose_fast.kernels.report`): forward and backward at every ViT width,
-    ViTPose-H 576x432 batch 32 rows, the launchers' own settings."""
-    from vitpose_fast.kernels.report import Case, meta_tensor
+    and the FP8-output forward at ViT-H's (``fp8_width``, when among ``widths``), ViTPose-H 576x432 batch 32
+    rows, the launchers' own settings."""
+    from vitpose_fast.kernels.report_case import Case, meta_tensor
 
     def fwd(c):
         x = meta_tensor(rows, c, dtype=dtype)
@@ -404,6 +392,12 @@ def report_cases(rows: int = 32 * 36 * 27, widths=(384, 768, 1024, 1280, 1408), 
         _backward(s, meta_tensor(c, dtype=dtype), stats, stats, meta_tensor(rows, c, dtype=dtype),
                   meta_tensor(rows, c, dtype=dtype), True)
 
+    def fwd_fp8(c):
+        vec = meta_tensor(c, dtype=dtype)
+        _forward_fp8(meta_tensor(rows, c, dtype=dtype), meta_tensor(rows, c, dtype=dtype), vec, vec, vec, 1e-6)
+
     return [Case(module=__name__, kernels={name: label}, launch=functools.partial(fn, c), spec=f"C={c}")
             for c in widths for name, label, fn in (("_fwd_kernel", "residual_ln_fwd", fwd),
-                                                    ("_bwd_kernel", "residual_ln_bwd", bwd))]
+                                                    ("_bwd_kernel", "residual_ln_bwd", bwd))] + [
+        Case(module=__name__, kernels={"_fwd_fp8_kernel": "residual_ln_fp8"}, launch=functools.partial(fwd_fp8, c),
+             spec=f"C={c}") for c in widths if c == fp8_width]

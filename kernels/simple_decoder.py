@@ -46,15 +46,15 @@ reorder replaces it with a GEMM at low resolution.
 
 from __future__ import annotations
 
-import os
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
+from vitpose_fast.kernels import runtime
+
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-AUTOTUNE = os.environ.get("VITPOSE_FAST_AUTOTUNE", "0") == "1" and os.environ.get("TRITON_INTERPRET") != "1"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def _upconv_bwd_kernel(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# configs: one default per kernel; the sweep only with VITPOSE_FAST_AUTOTUNE=1 (never in the interpreter)
+# configs: one default per kernel; the sweep only with VITPOSE_FAST_AUTOTUNE=1 (:func:`runtime.tuned`)
 def _default_fwd_config(k: int, w: int) -> Dict[str, int]:
     # BLOCK_K 16 wastes no more lanes than 32 for K = 17 (2 blocks either way) and fewer for K = 133. The 54 tile
     # loads per program are all issued ahead of the arithmetic, so registers grow with the tile per thread:
@@ -227,20 +227,12 @@ def _default_bwd_config(k: int, w: int) -> Dict[str, int]:
     return {"BLOCK_K": block_k, "BLOCK_J": block_j, "num_warps": 8 if block_k * block_j >= 128 else 4}
 
 
-def _sweep(pairs: List[Tuple[int, int]], warps: Tuple[int, ...]) -> List["triton.Config"]:
-    return [triton.Config({"BLOCK_K": bk, "BLOCK_J": bj}, num_warps=nw) for bk, bj in pairs for nw in warps]
+def _sweep(pairs: List[Tuple[int, int]], warps: Tuple[int, ...]) -> List[Dict[str, int]]:
+    return [{"BLOCK_K": bk, "BLOCK_J": bj, "num_warps": nw} for bk, bj in pairs for nw in warps]
 
 
-if AUTOTUNE:
-    _fwd_launch = triton.autotune(
-        configs=_sweep([(bk, bj) for bk in (16, 32, 64) for bj in (8, 16, 32)], (2, 4, 8)), key=["H", "W", "K"]
-    )(_upconv_fwd_kernel)
-    _bwd_launch = triton.autotune(
-        configs=_sweep([(16, 4), (16, 8), (32, 4), (32, 8), (64, 2), (64, 4)], (2, 4, 8)), key=["H", "W", "K"]
-    )(_upconv_bwd_kernel)
-else:
-    _fwd_launch = _upconv_fwd_kernel
-    _bwd_launch = _upconv_bwd_kernel
+_FWD_SWEEP = _sweep([(bk, bj) for bk in (16, 32, 64) for bj in (8, 16, 32)], (2, 4, 8))
+_BWD_SWEEP = _sweep([(16, 4), (16, 8), (32, 4), (32, 8), (64, 2), (64, 4)], (2, 4, 8))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -264,13 +256,12 @@ def upconv_fwd(y: torch.Tensor, bias: Optional[torch.Tensor], k: int) -> torch.T
     if out.numel() == 0:
         return out
     args = (y, bias if bias is not None else y, out, h, w, k)
-    if AUTOTUNE:
-        grid = lambda meta: (b * 4 * h, triton.cdiv(w, meta["BLOCK_J"]), triton.cdiv(k, meta["BLOCK_K"]))  # noqa: E731
-        _fwd_launch[grid](*args, HAS_BIAS=bias is not None, KT=kt)
-    else:
-        cfg = _default_fwd_config(k, w)
+
+    def run(cfg: Dict[str, int]) -> None:
         grid = (b * 4 * h, triton.cdiv(w, cfg["BLOCK_J"]), triton.cdiv(k, cfg["BLOCK_K"]))
-        _fwd_launch[grid](*args, HAS_BIAS=bias is not None, KT=kt, **cfg)
+        _upconv_fwd_kernel[grid](*args, HAS_BIAS=bias is not None, KT=kt, **cfg)
+
+    run(runtime.tuned(("upconv_fwd", h, w, k, y.dtype, y.device), _default_fwd_config(k, w), _FWD_SWEEP, run))
     return out
 
 
@@ -288,14 +279,14 @@ def upconv_bwd(grad_out: torch.Tensor) -> torch.Tensor:
     if grad_y.numel() == 0:
         return grad_y
     args = (grad_out, grad_y, h, w, k, grad_out.stride(0), grad_out.stride(1), grad_out.stride(2))
-    # Programs cover channel blocks up to kt so the padding is written (zeros) too.
-    if AUTOTUNE:
-        grid = lambda meta: (b * h, triton.cdiv(w, meta["BLOCK_J"]), triton.cdiv(kt, meta["BLOCK_K"]))  # noqa: E731
-        _bwd_launch[grid](*args, KT=kt)
-    else:
-        cfg = _default_bwd_config(k, w)
+
+    def run(cfg: Dict[str, int]) -> None:
+        # Programs cover channel blocks up to kt so the padding is written (zeros) too.
         grid = (b * h, triton.cdiv(w, cfg["BLOCK_J"]), triton.cdiv(kt, cfg["BLOCK_K"]))
-        _bwd_launch[grid](*args, KT=kt, **cfg)
+        _upconv_bwd_kernel[grid](*args, KT=kt, **cfg)
+
+    run(runtime.tuned(("upconv_bwd", h, w, k, grad_out.dtype, grad_out.device), _default_bwd_config(k, w),
+                      _BWD_SWEEP, run))
     return grad_y
 
 
@@ -400,7 +391,7 @@ def simple_decoder(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
 def report_cases(batch: int = 32, grid=(36, 27), keypoints: int = 17, dtype=torch.bfloat16):
     """The report's cases: forward and backward of step 2 at ViTPose-H 576x432 (36 x 27 -> 144 x 108 heatmaps,
     17 keypoints), bf16, the launchers' default configs."""
-    from vitpose_fast.kernels.report import Case, meta_tensor
+    from vitpose_fast.kernels.report_case import Case, meta_tensor
 
     h, w = grid
 
@@ -412,5 +403,5 @@ def report_cases(batch: int = 32, grid=(36, 27), keypoints: int = 17, dtype=torc
         upconv_bwd(meta_tensor(batch, keypoints, 4 * h, 4 * w, dtype=dtype))
 
     common = dict(module=__name__, spec=f"{4 * h}x{4 * w} K{keypoints}")
-    return [Case(kernels={"_fwd_launch": "decoder_fwd"}, launch=fwd, **common),
-            Case(kernels={"_bwd_launch": "decoder_bwd"}, launch=bwd, **common)]
+    return [Case(kernels={"_upconv_fwd_kernel": "decoder_fwd"}, launch=fwd, **common),
+            Case(kernels={"_upconv_bwd_kernel": "decoder_bwd"}, launch=bwd, **common)]

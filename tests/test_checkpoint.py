@@ -170,7 +170,7 @@ def test_non_strict_load_logs_what_it_dropped(caplog):
     import logging
 
     from vitpose_fast.model.checkpoint import load_into
-    from vitpose_fast.model.model import Model as _Model
+    from vitpose_fast import Model as _Model
 
     model = _Model.from_config("vitpose_s", depth=1, embed_dim=32, num_heads=2, res=(32, 32))
     sd = dict(model.state_dict())

@@ -11,7 +11,7 @@ import torch
 from vitpose_fast import cli
 from vitpose_fast.data.synthetic import make_synthetic_coco
 from vitpose_fast.inference.detectors import YoloDetector, load_detector, run_detector
-from vitpose_fast.model.model import Model
+from vitpose_fast import Model
 from vitpose_fast.inference.pipeline import load_image
 
 

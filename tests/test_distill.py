@@ -9,7 +9,7 @@ import torch
 from vitpose_fast.training.distill import (fit, freeze, load_token, main, student_loss, token_loss, with_knowledge_token)
 from vitpose_fast.model.backbone import Attention
 from vitpose_fast.config import AttentionSpec, attention_preset
-from vitpose_fast.model.model import Model
+from vitpose_fast import Model
 from vitpose_fast.training.core import param_groups
 
 RES = (32, 32)

@@ -10,7 +10,8 @@ import torch.nn as nn
 
 from vitpose_fast import Model, ops
 from vitpose_fast.model import fp8 as fp8_mod
-from vitpose_fast.model.fp8 import Fp8Linear, Fp8UnavailableError, apply_precision, check_fp8_support
+from vitpose_fast.model.fp8 import Fp8Linear, Fp8UnavailableError, check_fp8_support
+from vitpose_fast.model.precision import PRECISIONS, apply_precision
 from vitpose_fast.reference.fp8 import fp8_linear_ref, fp8_linear_torch, quantize_rows_ref, quantize_weight
 
 FP8 = torch.float8_e4m3fn
@@ -72,6 +73,20 @@ def test_fp8_linear_module_error_and_dtype_moves():
         layer(x)
     with pytest.raises(TypeError, match="float8_e4m3fn"):
         Fp8Linear(torch.zeros(4, 4), torch.ones(1, 4), None)
+
+
+def test_fp8_layers_take_the_backend_from_their_caller(monkeypatch):
+    seen = []
+    real = ops.fp8_linear
+    monkeypatch.setattr(ops, "fp8_linear", lambda *a, **k: seen.append(a[-1]) or real(*a, **k))
+    model = _tiny(depth=1).quantize_fp8()
+    assert not hasattr(model.backbone.blocks[0].attn.qkv, "backend")  # no copy to go stale
+    with torch.no_grad():
+        model.set_backend("reference")(torch.randn(1, 3, 64, 48))
+        assert set(seen) == {"reference"}
+        seen.clear()
+        model.set_backend("torch")(torch.randn(1, 3, 64, 48))
+    assert set(seen) == {"torch"} and len(seen) == 4  # qkv, proj, fc1, fc2
 
 
 # ------------------------------------------------------------------------------------------------------ model
@@ -163,9 +178,9 @@ def test_optimize_precision_fp8():
     assert opt.is_fp8 and out.dtype == torch.bfloat16
     # optimize also folds the head's BatchNorm (exact up to bf16 rounding of the folded weights).
     assert _rel(out, expected) < 2e-2
-    with pytest.raises(ValueError, match="precision must be 'bf16' or 'fp8'"):
+    with pytest.raises(ValueError, match=r"unknown precision 'int8'; expected one of fp32, bf16, fp8"):
         _tiny().optimize(2, precision="int8")
-    assert not _tiny().optimize(2).is_fp8
+    assert not _tiny().optimize(2).is_fp8  # FP8 is never the default
 
 
 # ------------------------------------------------------------------------------------------------------ errors
@@ -263,7 +278,7 @@ def test_precisions_list_is_what_the_cli_offers():
     from vitpose_fast.cli import build_parser
 
     args = build_parser().parse_args(["eval", "--weights", "w", "--ann", "a", "--images", "i", "--precision", "fp8"])
-    assert args.precision == "fp8" and fp8_mod.PRECISIONS == ("fp32", "bf16", "fp8")
+    assert args.precision == "fp8" and PRECISIONS == ("fp32", "bf16", "fp8")
 
 
 # ------------------------------------------------------------------------------------------------------ GPU

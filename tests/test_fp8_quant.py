@@ -101,7 +101,7 @@ def test_report_cases_launch_their_kernels():
     from vitpose_fast.kernels import report
 
     labels = [label for case in fp8_quant.report_cases() for label, _ in report.record(case)]
-    assert labels == ["fp8_quantize", "fp8_quantize", "residual_ln_fp8", "bias_gelu_fp8"]
+    assert labels == ["fp8_quantize", "fp8_quantize"]  # the fused FP8-output kernels are in their modules' cases
 
 
 _AOT_SCRIPT = """

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitpose_fast import cli
-from vitpose_fast.model.model import Model
+from vitpose_fast import Model, cli
 from vitpose_fast.model.onnx_export import OnnxExportError, check_onnx
 
 onnx = pytest.importorskip("onnx")

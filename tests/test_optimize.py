@@ -41,6 +41,29 @@ def test_folded_head_equals_batchnorm_eval():
     assert not torch.allclose(plain, plain2)
 
 
+def test_folded_head_on_cpu_folds_once_per_parameter_version(monkeypatch):
+    from vitpose_fast.model import heads
+
+    head = randomize_weights(ClassicHead(48, HeadConfig(kind="classic", num_keypoints=7, deconv_channels=(24, 16))))
+    head.eval().fold_batchnorm = True
+    calls = []
+    real = heads.folded_deconv
+    monkeypatch.setattr(heads, "folded_deconv", lambda d, b: calls.append(1) or real(d, b))
+    x = torch.randn(2, 48, 5, 4)
+    first = head(x)
+    assert len(calls) == 2 and first.is_contiguous()
+    torch.testing.assert_close(head(x), first)
+    assert len(calls) == 2  # cached: nothing changed
+    other = randomize_weights(ClassicHead(48, HeadConfig(kind="classic", num_keypoints=7, deconv_channels=(24, 16))))
+    head.load_state_dict(other.state_dict())  # in place: a new version of every parameter
+    other.eval().fold_batchnorm = False
+    torch.testing.assert_close(head(x), other(x), rtol=1e-5, atol=1e-6)
+    assert len(calls) == 4
+    head.double()  # new tensors
+    torch.testing.assert_close(head(x.double()), other.double()(x.double()), rtol=1e-6, atol=1e-9)  # fp32 fold
+    assert len(calls) == 6
+
+
 def test_folded_head_trains_with_batchnorm():
     head = randomize_weights(ClassicHead(16, HeadConfig(kind="classic", num_keypoints=3, deconv_channels=(8, 8))))
     head.fold_batchnorm = True
@@ -56,14 +79,14 @@ def test_folded_head_trains_with_batchnorm():
 
 # --------------------------------------------------------------------------------------------------------------
 # optimize() on CPU
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 0.05)])
-def test_optimize_matches_eager(dtype, tol):
+@pytest.mark.parametrize("precision,dtype,tol", [("fp32", torch.float32, 1e-5), ("bf16", torch.bfloat16, 0.05)])
+def test_optimize_matches_eager(precision, dtype, tol):
     model = randomize_weights(Model.from_config("vitpose_s", decoder="classic", backend="torch", **TINY)).eval()
     x = torch.randn(3, 3, 64, 48)
     with torch.no_grad():
         ref = model(x)
     keys = set(model.state_dict())
-    model.optimize(batch_size=2, dtype=dtype)
+    model.optimize(batch_size=2, precision=precision)
     out = model(x)
     assert out.dtype == dtype and not model.training
     assert set(model.state_dict()) == keys
@@ -89,7 +112,7 @@ def test_fake_graph_replays_recorded_ops(fake_cuda):
 def test_cuda_graph_logic_never_returns_stale_outputs(fake_cuda, decoder):
     model = randomize_weights(Model.from_config("vitpose_s", decoder=decoder, backend="torch", **TINY)).eval()
     eager = lambda x: model._forward_eager(x)  # noqa: E731  (same weights, no graphs)
-    model.optimize(batch_size=2, dtype=torch.float32)
+    model.optimize(batch_size=2, precision="fp32")
     assert model._optimized.graphs is not None
     x1, x2 = torch.randn(2, 3, 64, 48), torch.randn(2, 3, 64, 48)
     with torch.no_grad():
@@ -125,7 +148,7 @@ def test_cuda_graph_logic_never_returns_stale_outputs(fake_cuda, decoder):
 
 def test_cuda_graph_sizes_beyond_the_limit_run_padded(fake_cuda):
     model = randomize_weights(Model.from_config("vitpose_s", decoder="simple", backend="torch", **TINY)).eval()
-    model.optimize(batch_size=4, dtype=torch.float32)
+    model.optimize(batch_size=4, precision="fp32")
     model._optimized.graphs.max_graphs = 2
     x = torch.randn(4, 3, 64, 48)
     with torch.no_grad():
@@ -155,7 +178,7 @@ def test_cuda_graphs_per_dataset_index(fake_cuda):
     # per-sample index tensor runs eagerly.
     model = randomize_weights(Model.from_config("vitpose_s", decoder="simple", backend="torch", num_experts=3,
                                                 part_features=8, **TINY)).eval()
-    model.optimize(batch_size=2, dtype=torch.float32)
+    model.optimize(batch_size=2, precision="fp32")
     x = torch.randn(2, 3, 64, 48)
     with torch.no_grad():
         want = [model._forward_eager(x, i) for i in range(3)]

@@ -12,7 +12,7 @@ from vitpose_fast.data import crop
 from vitpose_fast.inference import pipeline
 from vitpose_fast.data.synthetic import KEYPOINT_NAMES
 from vitpose_fast.inference.decode import decode_heatmaps
-from vitpose_fast.model.model import Model
+from vitpose_fast import Model
 
 transformers = pytest.importorskip("transformers")
 from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation  # noqa: E402

@@ -12,7 +12,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 from vitpose_fast.training import train as train_script
-from vitpose_fast.model.model import Model  # noqa: E402
+from vitpose_fast import Model  # noqa: E402
 from vitpose_fast.training.core import (  # noqa: E402
     CheckpointFileError,
     SavePolicy,

@@ -162,7 +162,7 @@ def test_optimized_forward_matches_eager_gpu():
     x = torch.randn(4, 3, 64, 48, device="cuda")
     with torch.inference_mode():
         expected = model(x)
-    model.optimize(4, dtype=torch.float32)
+    model.optimize(4, precision="fp32")
     torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
     y = torch.randn_like(x)
     with torch.inference_mode():

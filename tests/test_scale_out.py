@@ -20,7 +20,7 @@ import torch
 from vitpose_fast import cli
 from vitpose_fast.data.synthetic import make_synthetic_coco
 from vitpose_fast.inference.sharding import PARTS, RESULTS, read_rows, shard_indices
-from vitpose_fast.model.model import Model
+from vitpose_fast import Model
 
 BAD = "000000000777.jpg"
 
@@ -97,7 +97,7 @@ def test_pose_predictor_in_map_batches_equals_model_predict(setup, cluster):
     assert sorted(str(Path(r["path"])) for r in rows) == [str(p) for p in images]
     got = {str(Path(r["path"])): r for r in rows}
     expected = Model.from_pretrained(str(weights)).predict([str(p) for p in images], boxes, box_format="xywh",
-                                                           batch_size=4)
+                                                           batch_size=4, precision="fp32")
     for p, persons in zip(images, expected):
         row = got[str(p)]
         assert row["error"] == ""
@@ -132,7 +132,7 @@ def test_ray_engine_cli_writes_parts_merges_reports_bad_images_and_resumes(setup
     records = json.loads((out / RESULTS).read_text())
     boxes = _boxes(data, good)
     expected = Model.from_pretrained(str(weights)).predict([str(p) for p in good], boxes, box_format="xywh",
-                                                           batch_size=4)
+                                                           batch_size=4, precision="fp32")
     want = [(p.name, q["keypoints"]) for p, ps in zip(good, expected) for q in ps]
     assert len(records) == len(want) == sum(len(b) for b in boxes)
     for r, (name, kps) in zip(records, want):  # in path order, then box order

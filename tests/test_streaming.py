@@ -10,7 +10,7 @@ from PIL import Image
 
 from vitpose_fast.benchmarking.common import PeakMemory, _rss_bytes
 from vitpose_fast.inference import pipeline
-from vitpose_fast.model.model import Model
+from vitpose_fast import Model
 
 
 @pytest.fixture(scope="module")

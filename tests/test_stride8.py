@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from vitpose_fast.config import TABLE5_ROWS, attention_preset
-from vitpose_fast.model.model import Model
+from vitpose_fast import Model
 
 # Half the paper's 256x192 input: a 16x12 token grid at stride 8 (the paper's is 32x24), so the (8, 8) windows
 # tile it 2x2 (with padding-free shift and pool) and (16, 12) is one window.

@@ -274,7 +274,7 @@ def test_whole_body_drawing_has_face_and_hands():
 def test_whole_body_head_in_video_names_its_keypoint_set(video, tmp_path):
     import torch
 
-    from vitpose_fast.model.model import Model
+    from vitpose_fast import Model
 
     torch.manual_seed(0)
     model = Model.from_config("vitpose_s", depth=1, embed_dim=32, num_heads=2, res=(64, 48),
@@ -351,7 +351,7 @@ def test_tracking_benchmark_pipeline_rows(tmp_path):
     pytest.importorskip("cv2")
     import torch
 
-    from vitpose_fast.model.model import Model
+    from vitpose_fast import Model
 
     bench = load_script("benchmarks/bench_tracking.py")
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import torch
 
 from vitpose_fast import cli
 from vitpose_fast.data.synthetic import make_synthetic_coco
-from vitpose_fast.model.model import Model
+from vitpose_fast import Model
 from vitpose_fast.inference.video import VideoReader, is_video_source, load_frame_boxes, predict_video
 from vitpose_fast.inference.visualize import draw_poses
 
@@ -84,7 +84,7 @@ def test_reader_frames_times_and_sources(clip):
 def test_cli_video_with_boxes_writes_jsonl_and_annotated_video(clip, capsys):
     root, path, gt, model, weights = clip
     out, vis = root / "poses.jsonl", root / "vis.mp4"
-    rc = cli.main(["predict", str(path), "--weights", str(weights), "--device", "cpu", "--quiet",
+    rc = cli.main(["predict", str(path), "--weights", str(weights), "--device", "cpu", "--quiet", "--precision", "fp32",
                    "--boxes", str(root / "boxes.json"), "--box-thr", "0.55", "--frames-per-batch", "4",
                    "--out", str(out), "--vis", str(vis)])
     assert rc == 0 and "frames/s" in capsys.readouterr().out
@@ -96,7 +96,7 @@ def test_cli_video_with_boxes_writes_jsonl_and_annotated_video(clip, capsys):
         kept = np.array([b for b in gt[d["frame"]] if b[4] >= 0.55]).reshape(-1, 5)
         assert len(d["persons"]) == len(kept)
         # Same as predicting the independently decoded frame with the same boxes.
-        ref = model.predict(frame, kept)
+        ref = model.predict(frame, kept, precision="fp32")
         for p, r in zip(d["persons"], ref):
             np.testing.assert_allclose(p["keypoints"], r["keypoints"], atol=2e-3)
             np.testing.assert_allclose(p["box"], r["box"], atol=2e-3)

@@ -12,7 +12,7 @@ from vitpose_fast.config import (
     attention_preset,
     preset,
 )
-from vitpose_fast.model.model import Model
+from vitpose_fast.inference.model import Model
 
 __all__ = [
     "Model",

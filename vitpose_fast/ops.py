@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
+from math import log
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from vitpose_fast.config import BACKENDS, AttentionSpec
+from vitpose_fast.kernels import runtime as _runtime
 from vitpose_fast.reference import attention as _ref_attention
 from vitpose_fast.reference import fp8 as _ref_fp8
+from vitpose_fast.reference import heatmap_decode as _ref_heatmap_decode
 from vitpose_fast.reference.bias_gelu import bias_gelu_ref
 from vitpose_fast.reference.residual_layer_norm import residual_layer_norm_ref
 from vitpose_fast.reference import simple_decoder as _ref_simple_decoder
@@ -67,11 +71,7 @@ def triton_available() -> bool:
 
 def _triton_usable(*tensors: torch.Tensor) -> bool:
     # The interpreter (TRITON_INTERPRET=1) runs kernels on CPU tensors; compiled kernels need CUDA.
-    if not triton_available():
-        return False
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return True
-    return all(t.is_cuda for t in tensors)
+    return triton_available() and _runtime.on_device(*tensors)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -96,7 +96,7 @@ def attention(
 
     ``backend`` is a resolved backend (see :func:`resolve`). ``triton``: plain global attention on CUDA goes to
     the fastest installed vendor kernel (flash-attn, xFormers, else SDPA; extra tokens concatenated to k and v;
-    see :func:`vitpose_fast.kernels.attention.global_attention`), every other spec to our fused kernel; inputs
+    see :func:`global_attention`), every other spec to our fused kernel; inputs
     the kernel does not support fall back to ``torch`` (the SDPA composition).
     """
     if backend == "reference":
@@ -106,7 +106,7 @@ def attention(
 
         if q.is_cuda and spec.kind == "global" and not spec.rel_pos:
             _ref_attention.check_inputs(q, k, v, spec, grid, rel_pos_h, rel_pos_w)
-            return _k.global_attention(q, k, v, extra_k, extra_v)
+            return global_attention(q, k, v, extra_k, extra_v)
         return _k.attention(q, k, v, spec, grid, rel_pos_h, rel_pos_w, extra_k, extra_v)
     return _ref_attention.attention_torch(q, k, v, spec, grid, rel_pos_h, rel_pos_w, extra_k, extra_v)
 
@@ -117,6 +117,111 @@ def _attention_kernel_supports(q: torch.Tensor, spec: AttentionSpec) -> bool:
     except ImportError:
         return False
     return _k.supports(q, spec)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# plain global attention on CUDA (the ``triton`` backend): our kernel or a vendor kernel, by measured speed
+GLOBAL_ENV = "VITPOSE_FAST_GLOBAL_ATTENTION"
+GLOBAL_CHOICES = ("auto", "flash", "xformers", "sdpa", "triton")
+
+
+@dataclass(frozen=True)
+class GlobalTiming:
+    """One measured forward of plain global attention: our kernel vs the vendor kernel ``auto`` would call
+    otherwise, on one device (``torch.cuda.get_device_name`` prefix), dtype and shape [batch, tokens, heads,
+    head_dim]."""
+
+    device: str
+    dtype: torch.dtype
+    batch: int
+    tokens: int
+    heads: int
+    head_dim: int
+    vendor: str  # "flash", "xformers" or "sdpa": what was timed against ours
+    triton_ms: float
+    vendor_ms: float
+
+
+# Measured speeds (bench_attention.py, global spec). Empty until GPU measurements are committed: with no entry
+# for a device / dtype / head dim, ``auto`` takes the vendor kernel.
+GLOBAL_TIMINGS: Tuple[GlobalTiming, ...] = ()
+
+
+_DEVICE_NAMES: dict = {}
+
+
+def _device_name(device: torch.device) -> str:
+    if device not in _DEVICE_NAMES:
+        _DEVICE_NAMES[device] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return _DEVICE_NAMES[device]
+
+
+def choose_global(q: torch.Tensor, timings: Optional[Tuple[GlobalTiming, ...]] = None) -> str:
+    """``"triton"`` or ``"vendor"`` for global attention on q [B, N, heads, d]: the entry of ``timings`` (default
+    :data:`GLOBAL_TIMINGS`) measured on this device, dtype and head dim whose shape is nearest (log-distance in
+    tokens, then in batch * heads) decides; no such entry -> ``"vendor"``."""
+    timings = GLOBAL_TIMINGS if timings is None else timings
+    b, n, h, d = q.shape
+    name = _device_name(q.device)
+    entries = [t for t in timings if t.head_dim == d and t.dtype == q.dtype and name.startswith(t.device)]
+    if not entries:
+        return "vendor"
+    best = min(entries, key=lambda t: (abs(log(t.tokens / max(n, 1))), abs(log(t.batch * t.heads / max(b * h, 1)))))
+    return "triton" if best.triton_ms < best.vendor_ms else "vendor"
+
+
+def _flash_attn_func():
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError:
+        return None
+    return flash_attn_func
+
+
+def _xformers_attention():
+    try:
+        from xformers.ops import memory_efficient_attention
+    except ImportError:
+        return None
+    return memory_efficient_attention
+
+
+def global_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    extra_k: Optional[torch.Tensor] = None,
+    extra_v: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Plain global attention (no rel-pos) of CUDA q, k, v [B, N, heads, d] -> [B, N, heads, d].
+
+    Extra key/value tokens ([B, T, heads, d]) are concatenated to k and v for the vendor kernels (they take
+    N + T keys for N queries; one copy of k and v) and passed as appended tokens to ours.
+
+    ``VITPOSE_FAST_GLOBAL_ATTENTION`` picks flash / xformers / sdpa / triton; ``auto`` (default) runs our kernel
+    where :func:`choose_global` finds it measured faster for this device, dtype, head dim and shape (the d80 of
+    ViT-H is the case in question: flash-attn pads it to 96, FlexAttention to 128), else flash-attn's
+    ``flash_attn_func`` (fp16/bf16), else xFormers' ``memory_efficient_attention``, else SDPA: tuned vendor
+    FA2/FA3/cuDNN kernels that read the [B, N, heads, d] layout directly (SDPA through transposed views).
+    """
+    choice = os.environ.get(GLOBAL_ENV, "auto").strip().lower() or "auto"
+    if choice not in GLOBAL_CHOICES:
+        raise ValueError(f"{GLOBAL_ENV}={choice!r}; expected one of {', '.join(GLOBAL_CHOICES)}")
+    if choice == "auto" and choose_global(q) == "triton":
+        choice = "triton"
+    if choice == "triton" and _attention_kernel_supports(q, AttentionSpec()):
+        from vitpose_fast.kernels import attention as _k
+
+        return _k.attention(q, k, v, AttentionSpec(), (1, q.shape[1]), extra_k=extra_k, extra_v=extra_v)
+    if _ref_attention.check_extra(q, extra_k, extra_v):
+        k, v = torch.cat([k, extra_k], dim=1), torch.cat([v, extra_v], dim=1)
+    half = q.dtype in (torch.float16, torch.bfloat16)
+    if choice in ("auto", "flash") and half and q.shape[-1] <= 256 and _flash_attn_func() is not None:
+        return _flash_attn_func()(q, k, v)
+    if choice in ("auto", "xformers") and _xformers_attention() is not None:
+        return _xformers_attention()(q, k, v)
+    out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -188,10 +293,8 @@ def bias_gelu(a: torch.Tensor, bias: torch.Tensor, backend: str = "torch") -> to
 # heatmap decoding: [N, K, H, W] + centers/scales [N, 2] -> [N, K, 3] image coordinates
 def decode_heatmaps(heatmaps: torch.Tensor, centers, scales, method: str = "udp", kernel: int = 11,
                     backend: str = "torch") -> torch.Tensor:
-    """Batched keypoint decoding (see :mod:`vitpose_fast.inference.decode`); ``triton`` fuses argmax, refinement and the
-    transform back into one kernel that reads only the stencil points around each peak."""
-    from vitpose_fast.inference import decode
-
+    """Batched keypoint decoding (formulas: :mod:`vitpose_fast.reference.heatmap_decode`); ``triton`` fuses argmax,
+    refinement and the transform back into one kernel that reads only the stencil points around each peak."""
     if backend == "triton" and _triton_usable(heatmaps):
         try:
             from vitpose_fast.kernels import heatmap_decode as _k
@@ -199,7 +302,9 @@ def decode_heatmaps(heatmaps: torch.Tensor, centers, scales, method: str = "udp"
             _k = None
         if _k is not None and _k.supports(heatmaps, method, kernel):
             return _k.decode_heatmaps_triton(heatmaps, centers, scales, method=method, kernel=kernel)
-    return decode.decode_heatmaps(heatmaps, centers, scales, method=method, kernel=kernel)
+    if backend == "reference":
+        return _ref_heatmap_decode.decode_heatmaps_ref(heatmaps, centers, scales, method=method, kernel=kernel)
+    return _ref_heatmap_decode.decode_heatmaps_torch(heatmaps, centers, scales, method=method, kernel=kernel)
 
 
 # --------------------------------------------------------------------------------------------------------------

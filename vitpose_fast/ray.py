@@ -76,20 +76,9 @@ def decode_images(batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
 
 
 def _load_model(weights: Any, preset: Optional[str], device: str, precision: str):
-    import torch
+    from vitpose_fast.inference.model import Model
 
-    from vitpose_fast.model.checkpoint import load_into, read_checkpoint
-    from vitpose_fast.model.fp8 import apply_precision, check_fp8_support
-    from vitpose_fast.model.model import Model
-
-    if precision == "fp8":
-        check_fp8_support(torch.device(device))
-    if preset is None:
-        model = Model.from_pretrained(weights)
-    else:
-        model = Model.from_config(preset)
-        load_into(model, read_checkpoint(weights)[0])
-    return apply_precision(model.to(device).eval(), precision)
+    return Model.load(weights, preset, device=device, precision=precision)
 
 
 class PosePredictor:
@@ -101,7 +90,7 @@ class PosePredictor:
         device: torch device (default: ``cuda`` when the actor sees a GPU, else ``cpu``).
         batch_size: crops per forward (flipped copies included), as ``predict``'s; independent of Ray's
             ``batch_size`` (rows per call).
-        precision: ``fp32``, ``bf16`` or ``fp8`` (:mod:`vitpose_fast.model.fp8`).
+        precision: ``fp32``, ``bf16`` or ``fp8`` (:mod:`vitpose_fast.model.precision`).
         box_format: of the ``boxes`` column, ``xyxy`` (inclusive corners) or ``xywh``.
         detector: a :func:`~vitpose_fast.inference.detectors.load_detector` spec (``module:callable``,
             ``yolo:PATH.pt``) or a callable, run on rows without ``boxes``.

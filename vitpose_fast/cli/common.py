@@ -7,9 +7,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional
 
 import torch
+from tqdm import tqdm
 
 from vitpose_fast.config import PRESET_NAMES
 from vitpose_fast.data.datasets import DATASETS
@@ -127,11 +128,8 @@ def check_device(device: str) -> torch.device:
 
 def resolve_precision(precision: Optional[str], device: torch.device) -> str:
     """``auto`` -> the hardware's default precision (:mod:`vitpose_fast.model.precision`)."""
-    try:
-        from vitpose_fast.model.precision import resolve_precision as resolve
-    except ImportError:  # TODO(shim): until vitpose_fast.model.precision exists
-        def resolve(p, dev):
-            return p if p not in (None, "auto") else ("bf16" if torch.device(dev).type == "cuda" else "fp32")
+    from vitpose_fast.model.precision import resolve_precision as resolve
+
     return resolve(precision, device)
 
 
@@ -139,34 +137,20 @@ def load_model(args, precision: Optional[str] = None, **overrides):
     """The model of ``--weights``/``--model`` (built with ``overrides``) on ``--device`` in eval mode, at
     ``precision`` (a resolved one, or None: as loaded). An FP8 request on a GPU without FP8 fails before the
     weights are read."""
-    try:
-        from vitpose_fast.inference.model import Model
-    except ImportError:  # TODO(shim): the users' Model class until it moves to the inference layer
-        from vitpose_fast.model.model import Model
+    from vitpose_fast.inference.model import Model
+    from vitpose_fast.model.checkpoint import CheckpointError
+    from vitpose_fast.model.fp8 import Fp8UnavailableError
 
     device = check_device(getattr(args, "device", "cpu"))
-    if precision == "fp8":
-        from vitpose_fast.model.fp8 import Fp8UnavailableError, check_fp8_support
-
-        try:
-            check_fp8_support(device)
-        except Fp8UnavailableError as e:
-            raise CliError(f"--precision fp8: {e}") from None
-    if hasattr(Model, "load"):
-        return Model.load(args.weights, args.model, device=device, precision=precision, **overrides)
-    # TODO(shim): Model.load(weights, preset, device, precision) until it exists; inference_model's optimize
-    # applies the precision.
-    from vitpose_fast.model.checkpoint import CheckpointError, load_into, read_checkpoint
-
-    if args.model is None:
-        return Model.from_pretrained(args.weights, **overrides).to(device).eval()
-    model = Model.from_config(args.model, **overrides)
     try:
-        load_into(model, read_checkpoint(args.weights)[0])
+        return Model.load(args.weights, args.model, device=device, precision=precision, **overrides)
+    except Fp8UnavailableError as e:
+        raise CliError(f"--precision fp8: {e}") from None
     except CheckpointError as e:
+        if args.model is None:
+            raise
         raise CliError(f"{args.weights} does not fit the {args.model} preset ({e}); drop --model to infer the "
                        "model from the weights") from None
-    return model.to(device).eval()
 
 
 def inference_model(args, what: str):
@@ -178,21 +162,8 @@ def inference_model(args, what: str):
     model = load_model(args, precision)
     if not args.quiet:
         warn(f"{what} in {precision} on {device} ({how})")
-    _optimize(model, args.batch_size, precision)
+    model.optimize(args.batch_size, precision=precision)
     return model
-
-
-def _optimize(model, batch_size: int, precision: str) -> None:
-    import inspect
-
-    if list(inspect.signature(model.optimize).parameters)[1] != "dtype":
-        model.optimize(batch_size, precision=precision)
-        return
-    # TODO(shim): the optimize(batch_size, dtype, cuda_graphs, precision="bf16"|"fp8") form, until
-    # optimize(batch_size, precision) lands.
-    from vitpose_fast.model.fp8 import PRECISION_DTYPES
-
-    model.optimize(batch_size, dtype=PRECISION_DTYPES[precision], precision="fp8" if precision == "fp8" else "bf16")
 
 
 def resolve_dataset(model, args):
@@ -228,3 +199,23 @@ def fail_unknown_keypoints(info, k: int, args) -> None:
     if info is None and not args.no_flip:
         raise CliError(f"the model's head predicts {k} keypoints of no known dataset: pass --dataset NAME "
                        f"({', '.join(sorted(DATASETS))}) for its flip pairs and skeleton, or --no-flip")
+
+
+def stream(model, items, args, info, total: Optional[int], desc: str, detector=None) -> Iterator[Any]:
+    """``Model.predict_iter`` over ``items`` with a per-person progress bar; failed images are reported (or
+    fatal with --strict). Yields ImageResults."""
+    with tqdm(total=total, unit="person", desc=desc, file=sys.stderr, disable=args.quiet) as bar:
+        results = model.predict_iter(
+            items, box_format="xywh", on_error="raise" if args.strict else "skip", progress=bar.update,
+            detector=detector, det_thr=getattr(args, "det_thr", 0.3), det_classes=getattr(args, "det_classes", None),
+            **predict_options(args, info),
+        )
+        try:
+            for result in results:
+                if result.error is not None:
+                    bar.write(f"vitpose-fast: skipped an image: {result.error}", file=sys.stderr)
+                yield result
+        except (OSError, ValueError, TypeError) as exc:
+            if args.strict:
+                raise CliError(f"{exc} (--strict: stopping at the first failed image)") from exc
+            raise

@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from vitpose_fast.cli.predict import report_matching, stream
+    from vitpose_fast.cli.common import stream
+    from vitpose_fast.cli.predict import report_matching
     from vitpose_fast.data.coco import load_coco
     from vitpose_fast.data.detections import read_detections
     from vitpose_fast.inference.evaluation import EvalPersons, eval_boxes, format_ap_table, score_persons

@@ -17,12 +17,10 @@ are counted, images that fail (unreadable, or a box the model cannot use) are re
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from vitpose_fast.cli import common, sharded
 from vitpose_fast.cli.common import CliError, warn
@@ -130,26 +128,6 @@ def read_boxes(args, paths: List[Path], ids: List[int]) -> List[np.ndarray]:
     return [boxes.get(k, np.zeros((0, 5))) for k in range(len(paths))]
 
 
-def stream(model, items, args, info, total: Optional[int], desc: str, detector=None) -> Iterator[Any]:
-    """``Model.predict_iter`` over ``items`` with a per-person progress bar; failed images are reported (or
-    fatal with --strict). Yields ImageResults."""
-    with tqdm(total=total, unit="person", desc=desc, file=sys.stderr, disable=args.quiet) as bar:
-        results = model.predict_iter(
-            items, box_format="xywh", on_error="raise" if args.strict else "skip", progress=bar.update,
-            detector=detector, det_thr=getattr(args, "det_thr", 0.3), det_classes=getattr(args, "det_classes", None),
-            **common.predict_options(args, info),
-        )
-        try:
-            for result in results:
-                if result.error is not None:
-                    bar.write(f"vitpose-fast: skipped an image: {result.error}", file=sys.stderr)
-                yield result
-        except (OSError, ValueError, TypeError) as exc:
-            if args.strict:
-                raise CliError(f"{exc} (--strict: stopping at the first failed image)") from exc
-            raise
-
-
 def run(args) -> int:
     from vitpose_fast.data.detections import image_ids_of, read_annotation_images
     from vitpose_fast.inference.results import JsonListWriter, coco_records
@@ -196,7 +174,7 @@ def run(args) -> int:
     writer = JsonListWriter(args.out)
     failed: List[str] = []
     try:
-        for r in stream(model, items, args, info, total, "predict", detector):
+        for r in common.stream(model, items, args, info, total, "predict", detector):
             if r.error is not None:
                 failed.append(f"{paths[r.meta]} ({r.error})")
                 continue

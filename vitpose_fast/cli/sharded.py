@@ -65,7 +65,6 @@ def ids_for(ann: Optional[str]):
 
 def predict_shard(args, model, info, k, paths, per_image, detector) -> int:
     """This torchrun rank's share into ``--out``'s parts; rank 0 merges them at the end."""
-    from vitpose_fast.cli.predict import stream
     from vitpose_fast.inference.sharding import TorchrunShard
 
     shard = TorchrunShard(args.out, [str(p) for p in paths], k, warn)
@@ -76,7 +75,7 @@ def predict_shard(args, model, info, k, paths, per_image, detector) -> int:
     total = None if detector is not None else sum(1 if per_image[i] is None else len(per_image[i])
                                                   for i in shard.todo)
     failed = 0
-    for r in stream(model, items, args, info, total, f"predict (rank {shard.rank})", detector):
+    for r in common.stream(model, items, args, info, total, f"predict (rank {shard.rank})", detector):
         if r.error is not None:
             failed += 1
         else:

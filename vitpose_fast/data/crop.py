@@ -20,9 +20,10 @@ from typing import Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from vitpose_fast.reference.heatmap_decode import PIXEL_STD  # mmpose's scale unit: box px / 200
+
 IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
-PIXEL_STD = 200.0  # mmpose's scale unit: scale = box size in pixels / 200
 
 TensorLike = Union[torch.Tensor, Sequence[float], float]
 

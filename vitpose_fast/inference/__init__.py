@@ -1,1 +1,2 @@
-"""The inference layer: crops -> model -> heatmap decoding -> keypoints, detectors, video, drawing, COCO evaluation."""
+"""The inference layer: the users' ``Model`` (the network plus ``predict``), crops -> model -> heatmap decoding ->
+keypoints, detectors, video, drawing, COCO evaluation."""

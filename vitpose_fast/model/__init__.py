@@ -1,1 +1,2 @@
-"""The model layer: ViT backbone, heads, ``Model``, checkpoints in every layout, FP8 and the inference set-up."""
+"""The model layer: ViT backbone, heads, the ``ViTPose`` network, checkpoints in every layout, precision, FP8 and
+the inference set-up."""

@@ -69,7 +69,9 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         x = self.proj(x)
         hp, wp = x.shape[-2:]
-        return x.flatten(2).transpose(1, 2), (hp, wp)
+        # Contiguous tokens: elementwise ops keep their inputs' layout, so a transposed view here would make every
+        # residual add of the network transposed and every LayerNorm and GEMM on CPU copy its input first.
+        return x.flatten(2).transpose(1, 2).contiguous(), (hp, wp)
 
 
 class Attention(nn.Module):
@@ -95,7 +97,7 @@ class Attention(nn.Module):
             self.rel_pos_h = self.rel_pos_w = None
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int], backend: str) -> torch.Tensor:
-        return self.proj(self.mix(x, grid, backend))
+        return linear(self.proj, self.mix(x, grid, backend), backend)
 
     def mix(self, x: Fp8Input, grid: Tuple[int, int], backend: str) -> torch.Tensor:
         """Everything before ``proj``: the attention output [B, N + T, C] (heads concatenated). With an FP8 qkv,
@@ -105,7 +107,7 @@ class Attention(nn.Module):
         if n < n_grid:
             raise ValueError(f"attention got {n} tokens for a {grid[0]}x{grid[1]} grid (expected >= {n_grid})")
         # [B, N, 3, heads, hd]: q, k, v are strided views in the kernels' [B, N, heads, hd] layout (no copies).
-        qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim)
+        qkv = linear(self.qkv, x, backend).view(b, n, 3, self.num_heads, self.head_dim)
         if n == n_grid:
             q, k, v = qkv.unbind(2)
             out = ops.attention(q, k, v, self.spec, grid, self.rel_pos_h, self.rel_pos_w, backend=backend)
@@ -126,7 +128,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor, dataset_index: DatasetIndex = None, backend: str = "torch") -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return linear(self.fc2, self.act(linear(self.fc1, x, backend)), backend)
 
     def forward_split(self, x: torch.Tensor, dataset_index: DatasetIndex, backend: str) -> BranchOut:
         """(fc2 output without its bias, the bias) where the backend fuses the bias into the residual op."""
@@ -147,14 +149,15 @@ class MoEMlp(nn.Module):
         self.experts = nn.ModuleList(nn.Linear(hidden, part_features) for _ in range(num_experts))
 
     def forward(self, x: torch.Tensor, dataset_index: DatasetIndex = None, backend: str = "torch") -> torch.Tensor:
-        h = self.act(self.fc1(x))
+        h = self.act(linear(self.fc1, x, backend))
         if backend == "reference":
             # The official/HF formulation: every expert on every token, selected by a mask.
             idx = _index_tensor(dataset_index, x)
             part = sum(
-                e(h) * (idx == i).to(h.dtype).view(-1, *([1] * (h.ndim - 1))) for i, e in enumerate(self.experts)
+                linear(e, h, backend) * (idx == i).to(h.dtype).view(-1, *([1] * (h.ndim - 1)))
+                for i, e in enumerate(self.experts)
             )
-            return torch.cat([self.fc2(h), part], dim=-1)
+            return torch.cat([linear(self.fc2, h, backend), part], dim=-1)
         if isinstance(dataset_index, int) or (
             isinstance(dataset_index, torch.Tensor) and dataset_index.numel() == 1
         ):
@@ -162,9 +165,9 @@ class MoEMlp(nn.Module):
             # cost of a dense ViT FFN.
             e = self.experts[int(dataset_index)]
             if isinstance(e, Fp8Linear):
-                return fp8_linear_layers(h, [self.fc2, e])
+                return fp8_linear_layers(h, [self.fc2, e], backend)
             return F.linear(h, torch.cat([self.fc2.weight, e.weight]), torch.cat([self.fc2.bias, e.bias]))
-        return self._mixed(h, dataset_index)
+        return self._mixed(h, dataset_index, backend)
 
     def forward_split(self, x: torch.Tensor, dataset_index: DatasetIndex, backend: str) -> BranchOut:
         """As :meth:`Mlp.forward_split`; one dataset: the concatenated fc2 + expert projection without bias."""
@@ -175,17 +178,22 @@ class MoEMlp(nn.Module):
         h = _fc1_gelu(self.fc1, x, backend, quantize_out=single)
         if single:
             return _linear_split(h, [self.fc2, self.experts[int(dataset_index)]], backend)
-        return self._mixed(h, dataset_index), None
+        return self._mixed(h, dataset_index, backend), None
 
-    def _mixed(self, h: torch.Tensor, dataset_index: DatasetIndex) -> torch.Tensor:
+    def _mixed(self, h: torch.Tensor, dataset_index: DatasetIndex, backend: str) -> torch.Tensor:
         idx = _index_tensor(dataset_index, h)
-        shared = self.fc2(h)
+        shared = linear(self.fc2, h, backend)
         part = h.new_empty(h.shape[:-1] + (self.part_features,))
         # Each expert runs only on its own samples (a host sync for the grouping; mixed batches are training).
         for i in torch.unique(idx).tolist():
             sel = (idx == i).nonzero(as_tuple=True)[0]
-            part[sel] = self.experts[i](h[sel])
+            part[sel] = linear(self.experts[i], h[sel], backend)
         return torch.cat([shared, part], dim=-1)
+
+
+def linear(layer: nn.Module, x: Fp8Input, backend: str) -> torch.Tensor:
+    """``layer(x)`` for an ``nn.Linear`` or an :class:`Fp8Linear` (which takes the block's backend)."""
+    return layer(x, backend) if isinstance(layer, Fp8Linear) else layer(x)
 
 
 def _fc1_gelu(fc1: nn.Module, x: Fp8Input, backend: str, quantize_out: bool = True) -> Fp8Input:
@@ -193,9 +201,9 @@ def _fc1_gelu(fc1: nn.Module, x: Fp8Input, backend: str, quantize_out: bool = Tr
     FP8 fc2 (``quantize_out``), returning (codes, scales)."""
     if isinstance(fc1, Fp8Linear):
         if ops.fuses_linear_bias(backend):
-            a = fc1(x, with_bias=False)
+            a = fc1(x, backend, with_bias=False)
             return ops.bias_gelu_fp8(a, fc1.bias, backend) if quantize_out else ops.bias_gelu(a, fc1.bias, backend)
-        return F.gelu(fc1(x))
+        return F.gelu(fc1(x, backend))
     if ops.fuses_linear_bias(backend):
         return ops.bias_gelu(F.linear(x, fc1.weight), fc1.bias, backend)
     return F.gelu(fc1(x))
@@ -206,7 +214,7 @@ def _linear_split(x: Fp8Input, layers: List[nn.Module], backend: str) -> BranchO
     (where the backend fuses it) or the GEMM adds."""
     fuse = ops.fuses_linear_bias(backend)
     if isinstance(layers[0], Fp8Linear):
-        return fp8_linear_layers(x, layers, with_bias=not fuse), layers_bias(layers) if fuse else None
+        return fp8_linear_layers(x, layers, backend, with_bias=not fuse), layers_bias(layers) if fuse else None
     weight = layers[0].weight if len(layers) == 1 else torch.cat([m.weight for m in layers])
     bias = layers_bias(layers)
     if fuse:

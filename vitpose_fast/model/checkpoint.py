@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from vitpose_fast.config import BackboneConfig, HeadConfig, ModelConfig, with_overrides
+from vitpose_fast.model.errors import CheckpointError
 
 StateDict = Dict[str, torch.Tensor]
 FORMAT = "vitpose_fast"
@@ -36,10 +37,6 @@ TRAIN_STATE = "train_state.pt"
 SHARDED_FORMAT = "vitpose_fast-train-sharded"
 # Heads per width of the official presets (head counts are not recoverable from tensor shapes).
 _HEADS_BY_WIDTH = {384: 12, 768: 12, 1024: 16, 1280: 16, 1408: 16}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model."""
 
 
 # ------------------------------------------------------------------------------------------------ reading files
@@ -452,15 +449,18 @@ def load_model(cls, src, backend: str = "auto", strict: bool = True, **overrides
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def _atomic_save(obj, path) -> None:
+def atomic_save(obj, path) -> None:
+    """``torch.save`` to ``path.tmp``, then ``os.replace`` (a killed run never leaves a torn file where a good
+    one was); creates the parent folder."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
 def save_own(model, path) -> None:
-    _atomic_save({"format": FORMAT, "version": VERSION, "config": model.config.to_dict(),
+    atomic_save({"format": FORMAT, "version": VERSION, "config": model.config.to_dict(),
                   "state_dict": model.state_dict()}, path)
 
 
@@ -478,7 +478,7 @@ def official_state_dict(model) -> StateDict:
 
 
 def save_official(model, path) -> None:
-    _atomic_save({"state_dict": official_state_dict(model), "meta": {FORMAT: model.config.to_dict()}}, path)
+    atomic_save({"state_dict": official_state_dict(model), "meta": {FORMAT: model.config.to_dict()}}, path)
 
 
 def hf_config_dict(config: ModelConfig) -> dict:

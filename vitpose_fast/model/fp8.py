@@ -10,11 +10,11 @@ float8_e4m3fn operands, everything else unchanged.
 - Attention, the patch embedding, LayerNorm (statistics in fp32), GELU, residual adds and the heads stay in the
   model's dtype (bf16 for ``precision="fp8"``).
 
-Precisions (:func:`apply_precision`, used by the CLI and the benchmarks): ``fp32``; ``bf16``; ``fp8`` = the bf16
-model with FP8 GEMMs. FP8 needs FP8 tensor cores on CUDA (sm_89 Ada, sm_90 Hopper or newer) or the CPU, and a
-torch whose ``torch._scaled_mm`` takes row-wise scales on that device (:func:`check_fp8_support` runs that call
-once per device on tiny tensors: torch 2.11's CPU build, for one, has tensor-wise scales only); anything else fails
-with :class:`Fp8UnavailableError` saying what is missing.
+Precisions: see :mod:`vitpose_fast.model.precision` (``fp8`` = the bf16 model with FP8 GEMMs, applied by its
+:func:`~vitpose_fast.model.precision.apply_precision`). FP8 needs FP8 tensor cores on CUDA (sm_89 Ada, sm_90
+Hopper or newer) or the CPU, and a torch whose ``torch._scaled_mm`` takes row-wise scales on that device
+(:func:`check_fp8_support` runs that call once per device on tiny tensors: torch 2.11's CPU build, for one, has
+tensor-wise scales only); anything else fails with :class:`Fp8UnavailableError` saying what is missing.
 Inference only: a quantized model has no trainable GEMM weights and refuses ``train()`` forwards.
 """
 
@@ -28,8 +28,6 @@ import torch.nn as nn
 from vitpose_fast import ops
 from vitpose_fast.reference.fp8 import FP8, fp8_linear_torch, quantize_weight
 
-PRECISIONS = ("fp32", "bf16", "fp8")
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
 MIN_CAPABILITY = (8, 9)
 
 
@@ -100,13 +98,13 @@ class Fp8Linear(nn.Module):
     """A frozen ``nn.Linear`` with float8_e4m3fn weight codes [N, K] and fp32 per-output-channel scales [1, N]
     (buffers ``weight``, ``weight_scale``; ``bias`` [N] in the model's dtype). ``forward(x [..., K])``
     quantizes x per token and returns [..., N] in x's dtype; x may also be a (codes [M, K], scales [M, 1])
-    pair from a producer that quantized it already (the fused LayerNorm and bias+GELU ops of the block).
+    pair from a producer that quantized it already (the fused LayerNorm and bias+GELU ops of the block). The
+    caller passes the resolved backend (:func:`vitpose_fast.ops.resolve`), as to every op: the layer keeps none.
 
     ``Module.to(dtype)`` leaves the codes and scales as they are (only devices move): casting codes to another
     dtype would lose nothing, but scales in bf16 would."""
 
-    def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
-                 backend: str = "auto"):
+    def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor]):
         super().__init__()
         if weight.dtype != FP8 or weight.ndim != 2:
             raise TypeError(f"Fp8Linear needs [N, K] float8_e4m3fn weight codes, got {weight.dtype} {tuple(weight.shape)}")
@@ -117,14 +115,13 @@ class Fp8Linear(nn.Module):
         self.register_buffer("weight", weight)
         self.register_buffer("weight_scale", weight_scale)
         self.register_buffer("bias", bias)
-        self.backend = ops.check_backend(backend)
 
     @classmethod
     @torch.no_grad()
-    def from_linear(cls, linear: nn.Linear, backend: str = "auto") -> "Fp8Linear":
+    def from_linear(cls, linear: nn.Linear) -> "Fp8Linear":
         q, scale = quantize_weight(linear.weight)
         bias = None if linear.bias is None else linear.bias.detach().clone()
-        return cls(q, scale, bias, backend).train(linear.training)
+        return cls(q, scale, bias).train(linear.training)
 
     def _apply(self, fn, recurse=True):
         codes, scale = self.weight, self.weight_scale
@@ -133,11 +130,11 @@ class Fp8Linear(nn.Module):
         self.weight_scale = scale.to(self.weight_scale.device)
         return self
 
-    def forward(self, x, with_bias: bool = True):
+    def forward(self, x, backend: str = "torch", with_bias: bool = True):
         if self.training:
             raise RuntimeError("FP8 layers are inference-only (no gradients): call model.eval() or use a model "
                                "that was not quantized for training")
-        return linear_layers(x, [self], with_bias)
+        return linear_layers(x, [self], backend, with_bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, fp8"
@@ -146,11 +143,12 @@ class Fp8Linear(nn.Module):
 Fp8Input = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 
-def linear_layers(x: Fp8Input, layers: Sequence[Fp8Linear], with_bias: bool = True) -> torch.Tensor:
+def linear_layers(x: Fp8Input, layers: Sequence[Fp8Linear], backend: str = "torch",
+                  with_bias: bool = True) -> torch.Tensor:
     """x [..., K] through the layers concatenated along their output features, as one FP8 GEMM (per-channel
     scales concatenate too; ViTPose+'s fc2 plus one expert). x is a tensor (quantized here per token; the output
     has its dtype) or a (codes [..., K], scales [..., 1]) pair from a producer that quantized it (the output has
-    the bias's dtype, i.e. the model's).
+    the bias's dtype, i.e. the model's). ``backend``: a resolved backend (:func:`vitpose_fast.ops.resolve`).
     ``with_bias=False`` leaves the bias to the fused op that follows."""
     first = layers[0]
     if len(layers) == 1:
@@ -159,7 +157,6 @@ def linear_layers(x: Fp8Input, layers: Sequence[Fp8Linear], with_bias: bool = Tr
         weight = torch.cat([m.weight for m in layers])
         scale = torch.cat([m.weight_scale for m in layers], dim=1)
     bias = layers_bias(layers)
-    backend = ops.resolve(first.backend, weight.device)
     if isinstance(x, tuple):
         codes, scales = x
         # The model's activation dtype, which the bias follows through Module.to (bf16 without one).
@@ -180,7 +177,7 @@ def layers_bias(layers: Sequence[nn.Module]) -> Optional[torch.Tensor]:
 
 
 @torch.no_grad()
-def quantize_backbone(backbone: nn.Module, backend: str = "auto") -> List[str]:
+def quantize_backbone(backbone: nn.Module) -> List[str]:
     """Replace every block's qkv, proj, fc1, fc2 and ViTPose+ experts by :class:`Fp8Linear` in place; returns
     the replaced module names (relative to ``backbone``). Layers already in FP8 are left alone."""
     done: List[str] = []
@@ -189,37 +186,15 @@ def quantize_backbone(backbone: nn.Module, backend: str = "auto") -> List[str]:
             for name in ("qkv", "proj", "fc1", "fc2"):
                 child = getattr(parent, name, None)
                 if isinstance(child, nn.Linear):
-                    setattr(parent, name, Fp8Linear.from_linear(child, backend))
+                    setattr(parent, name, Fp8Linear.from_linear(child))
                     done.append(f"blocks.{i}.{prefix}.{name}")
             experts = getattr(parent, "experts", None)
             for e, child in enumerate(experts if experts is not None else ()):
                 if isinstance(child, nn.Linear):
-                    experts[e] = Fp8Linear.from_linear(child, backend)
+                    experts[e] = Fp8Linear.from_linear(child)
                     done.append(f"blocks.{i}.{prefix}.experts.{e}")
     return done
 
 
-def set_backend(module: nn.Module, backend: str) -> None:
-    for m in module.modules():
-        if isinstance(m, Fp8Linear):
-            m.backend = backend
-
-
 def is_quantized(module: nn.Module) -> bool:
     return any(isinstance(m, Fp8Linear) for m in module.modules())
-
-
-def apply_precision(model, precision: str):
-    """``fp32`` / ``bf16``: cast the model; ``fp8``: bf16 with FP8 GEMMs (checks the device first, then
-    quantizes in place; eval mode). Returns the model."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    if precision == "fp8":
-        check_fp8_support(model.backbone.pos_embed.device)
-    elif is_quantized(model):
-        raise ValueError(f"this model's GEMM weights are FP8 already; precision {precision!r} needs the model "
-                         "loaded again")
-    model = model.to(PRECISION_DTYPES[precision])
-    if precision == "fp8":
-        model.eval().quantize_fp8()
-    return model

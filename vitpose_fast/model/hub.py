@@ -16,7 +16,7 @@ import os
 import re
 from pathlib import Path
 
-from vitpose_fast.model.checkpoint import CheckpointError
+from vitpose_fast.model.errors import CheckpointError
 
 __all__ = ["is_hub_id", "resolve_hub_id", "HubError"]
 

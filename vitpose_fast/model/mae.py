@@ -44,7 +44,7 @@ import torch.nn as nn
 
 from vitpose_fast import ops
 from vitpose_fast.model.backbone import Backbone, Block, run_blocks
-from vitpose_fast.model.checkpoint import FORMAT, CheckpointError, load_into, read_checkpoint
+from vitpose_fast.model.checkpoint import FORMAT, CheckpointError, atomic_save, load_into, read_checkpoint
 from vitpose_fast.config import GLOBAL, AttentionSpec, BackboneConfig, HeadConfig, ModelConfig
 
 StateDict = Dict[str, torch.Tensor]
@@ -281,11 +281,9 @@ class MAE(nn.Module):
         ``meta`` names the encoder's config (so loaders know the exact source grid and head count); the stored
         drop path is the pretraining one (0 by default): pass the fine-tuning recipe's ``drop_path_rate`` as an
         override, or load into a preset model with :func:`load_backbone`."""
-        from vitpose_fast.training.core import save_checkpoint
-
         meta = {FORMAT: ModelConfig(backbone=self.config.encoder, name="mae_pretrained").to_dict(),
                 "mae": self.config.to_dict()}
-        save_checkpoint(path, {"state_dict": self.encoder_state_dict(), "meta": meta})
+        atomic_save({"state_dict": self.encoder_state_dict(), "meta": meta}, path)
 
 
 def load_backbone(model: nn.Module, src) -> List[str]:

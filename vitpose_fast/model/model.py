@@ -1,4 +1,7 @@
-"""``vitpose_fast.Model``: backbone + keypoint head(s), the drop-in ViTPose.
+"""``ViTPose``: backbone + keypoint head(s), the network of the drop-in ViTPose (building, loading, saving,
+forward, inference set-up). The users' class is ``vitpose_fast.Model``
+(:class:`vitpose_fast.inference.model.Model`): this class plus ``predict`` / ``predict_iter``, which need the
+inference layer above this one.
 
 State-dict keys are the official mmpose ones (``backbone.*``, ``keypoint_head.*``,
 ``associate_keypoint_heads.{i}.*``), so ``Model.state_dict()`` *is* an official-layout state dict (minus the
@@ -8,7 +11,9 @@ unused ``backbone.cls_token``).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import warnings
 from typing import Optional, Union
 
 import torch
@@ -20,10 +25,15 @@ from vitpose_fast.model import optimize as _optimize
 from vitpose_fast.model.backbone import Backbone, DatasetIndex
 from vitpose_fast.config import ModelConfig, preset, with_overrides
 from vitpose_fast.model.heads import build_head
+from vitpose_fast.model import precision as _precision
+
+logger = logging.getLogger("vitpose_fast")
+_UNSET = object()
 
 
-class Model(nn.Module):
-    """ViTPose. ``forward(pixel_values [B, 3, H, W], dataset_index=None) -> heatmaps [B, K, H/4, W/4]``
+class ViTPose(nn.Module):
+    """ViTPose (the network; users take :class:`vitpose_fast.Model`, which adds ``predict``).
+    ``forward(pixel_values [B, 3, H, W], dataset_index=None) -> heatmaps [B, K, H/4, W/4]``
     for both decoders and both patch strides (at stride 8 the heads upsample x2 instead of x4).
 
     ``dataset_index`` (int or [B] tensor) picks the ViTPose+ expert per sample and, when the model has one head
@@ -44,11 +54,12 @@ class Model(nn.Module):
             build_head(c, dataclasses.replace(config.head, num_keypoints=k), up) for k in config.extra_heads
         )
         self._optimized = None  # set by optimize()
+        self.precision: Optional[str] = None  # set by apply_precision / optimize / load
         self.init_weights()
 
     # ---------------------------------------------------------------------------------------------- building
     @classmethod
-    def from_config(cls, config: Union[str, ModelConfig], backend: str = "auto", **overrides) -> "Model":
+    def from_config(cls, config: Union[str, ModelConfig], backend: str = "auto", **overrides) -> "ViTPose":
         """``Model.from_config("vitpose_h", res=(576, 432), decoder="simple", num_keypoints=17, patch_stride=8)``.
 
         Builds with random (official-init) weights. Pass ``device="meta"`` through ``torch.device`` context
@@ -61,7 +72,7 @@ class Model(nn.Module):
         return cls(config, backend=backend)
 
     @classmethod
-    def from_pretrained(cls, src, backend: str = "auto", strict: bool = True, **overrides) -> "Model":
+    def from_pretrained(cls, src, backend: str = "auto", strict: bool = True, **overrides) -> "ViTPose":
         """Load an official mmpose ``.pth`` (dict with ``state_dict``/``meta``), a Hugging Face
         ``save_pretrained`` folder or its ``model.safetensors``, our own format, an MAE/timm checkpoint (backbone
         only, ``strict=False``), or an in-memory state dict. The variant, decoder, keypoint count, experts and extra
@@ -72,6 +83,27 @@ class Model(nn.Module):
 
         return load_model(cls, src, backend=backend, strict=strict, **overrides)
 
+    @classmethod
+    def load(cls, weights, preset: Optional[str] = None, device="cpu", precision: Optional[str] = None,
+             backend: str = "auto", **overrides) -> "ViTPose":
+        """The users' loader (the CLI's too): ``weights`` (anything :meth:`from_pretrained` reads) into the model
+        it describes, or into ``preset`` built with ``overrides`` when given; moved to ``device``, in eval mode,
+        at ``precision`` (None / ``"auto"``: the device's default, see :mod:`vitpose_fast.model.precision`).
+        Raises :class:`vitpose_fast.model.checkpoint.CheckpointError` for weights that cannot be read or do not
+        fit, ValueError for a bad precision, :class:`vitpose_fast.model.fp8.Fp8UnavailableError` for FP8
+        where it cannot run."""
+        from vitpose_fast.model.checkpoint import load_into, read_checkpoint
+
+        device = torch.device(device)
+        # A typo, or FP8 on a GPU without it, fails before the weights are read.
+        precision = _precision.prepare_precision(precision, device)
+        if preset is None:
+            model = cls.from_pretrained(weights, backend=backend, **overrides)
+        else:
+            model = cls.from_config(preset, backend=backend, **overrides)
+            load_into(model, read_checkpoint(weights)[0])
+        return _precision.apply_prepared(model.to(device).eval(), precision)
+
     @torch.no_grad()
     def init_weights(self) -> None:
         self.backbone.init_weights()
@@ -80,23 +112,23 @@ class Model(nn.Module):
             h.init_weights()
 
     # ------------------------------------------------------------------------------------------------ backend
-    def set_backend(self, backend: str) -> "Model":
+    def set_backend(self, backend: str) -> "ViTPose":
         self.backend = ops.check_backend(backend)
-        fp8.set_backend(self, self.backend)
         return self
 
-    def quantize_fp8(self) -> "Model":
+    def quantize_fp8(self) -> "ViTPose":
         """FP8 inference (in place): the backbone's qkv, proj, fc1, fc2 and ViTPose+ expert weights become
         float8_e4m3fn codes with one fp32 scale per output channel; their inputs are quantized per token at run
         time and the GEMMs run on ``torch._scaled_mm`` (bf16 out). Attention, patch embedding, LayerNorm and the
-        heads keep the model's dtype: cast to bf16 first (``vitpose_fast.model.fp8.apply_precision(model, "fp8")``
-        does both). Inference only; a quantized model cannot be saved (save it before). Raises
+        heads keep the model's dtype: cast to bf16 first (``optimize(batch_size, precision="fp8")`` or
+        ``vitpose_fast.model.precision.apply_precision(model, "fp8")`` do both). Inference only; a quantized
+        model cannot be saved (save it before). Raises
         :class:`vitpose_fast.model.fp8.Fp8UnavailableError` on a GPU without FP8 tensor cores (before sm_89) or a
         torch without ``_scaled_mm``, naming the fallback (bf16)."""
         fp8.check_fp8_support(self.backbone.pos_embed.device)
         if self.training:
             raise RuntimeError("quantize_fp8 is for inference: call model.eval() first (FP8 layers have no gradients)")
-        fp8.quantize_backbone(self.backbone, self.backend)
+        fp8.quantize_backbone(self.backbone)
         return self
 
     @property
@@ -113,7 +145,7 @@ class Model(nn.Module):
             device = self.backbone.pos_embed.device
         return ops.resolve(self.backend, device)
 
-    def freeze(self, part: str) -> "Model":
+    def freeze(self, part: str) -> "ViTPose":
         """Partial fine-tuning with the official meanings (``freeze_attn`` / ``freeze_ffn`` of ``vit.py``):
         ``"attn"`` freezes attention and norm1 of every block; ``"ffn"`` freezes the MLP, norm2, the patch
         embedding and pos_embed. Frozen parameters get ``requires_grad=False``, so autograd neither computes nor
@@ -137,15 +169,15 @@ class Model(nn.Module):
         from vitpose_fast.model.checkpoint import split_moe_state_dict
 
         return [
-            Model(cfg, backend=self.backend).eval().requires_grad_(False)._loaded(sd)
+            type(self)(cfg, backend=self.backend).eval().requires_grad_(False)._loaded(sd)
             for cfg, sd in split_moe_state_dict(self.config, self.state_dict())
         ]
 
-    def _loaded(self, sd) -> "Model":
+    def _loaded(self, sd) -> "ViTPose":
         self.load_state_dict(sd)
         return self
 
-    def set_grad_checkpointing(self, enable: bool = True) -> "Model":
+    def set_grad_checkpointing(self, enable: bool = True) -> "ViTPose":
         self.backbone.grad_checkpointing = enable
         return self
 
@@ -185,27 +217,61 @@ class Model(nn.Module):
             return self._forward_eager(x, dataset_index)
 
     # ------------------------------------------------------------------------------------------------ inference
-    def optimize(self, batch_size: int, dtype: Optional[torch.dtype] = torch.bfloat16,
-                 cuda_graphs: bool = True, precision: str = "bf16") -> "Model":
-        """Set the model up for inference (returns it): eval mode, weights cast to ``dtype`` (None keeps them),
-        the classic head's BatchNorms folded into its deconvolutions, and on CUDA (``cuda_graphs``) forward
-        replayed from static-shape CUDA graphs: one per batch size up to ``batch_size`` (a few sizes; others run
-        zero-padded in the ``batch_size`` graph; larger batches in ``batch_size`` chunks). Inputs are cast to
-        the weights' dtype; outputs are fresh tensors in that dtype. The backend is kept (``auto``: the fused
-        Triton block on CUDA, the fused torch composition elsewhere). ``train()`` returns to the eager training
-        path; moving or casting the model re-captures on the next call. See :mod:`vitpose_fast.model.optimize`.
+    def optimize(self, batch_size: int, precision: Optional[str] = None, cuda_graphs: bool = True, *,
+                 dtype=_UNSET) -> "ViTPose":
+        """Set the model up for inference (returns it): eval mode, the weights at ``precision``, the classic head's
+        BatchNorms folded into its deconvolutions, and on CUDA (``cuda_graphs``) forward replayed from
+        static-shape CUDA graphs: one per batch size up to ``batch_size`` (a few sizes; others run zero-padded in
+        the ``batch_size`` graph; larger batches in ``batch_size`` chunks). Inputs are cast to the weights'
+        dtype; outputs are fresh tensors in that dtype. The backend is kept (``auto``: the fused Triton block on
+        CUDA, the fused torch composition elsewhere). ``train()`` returns to the eager training path; moving or
+        casting the model re-captures on the next call. See :mod:`vitpose_fast.model.optimize`.
 
-        ``precision="fp8"``: the backbone GEMMs on FP8 tensor cores as well (:meth:`quantize_fp8`; the rest in
-        ``dtype``); ``"bf16"`` (the default) leaves every GEMM in ``dtype``. FP8 where it cannot run raises
-        :class:`vitpose_fast.model.fp8.Fp8UnavailableError` before anything changes."""
-        if precision not in ("bf16", "fp8"):
-            raise ValueError(f"optimize: precision must be 'bf16' or 'fp8', got {precision!r}")
-        if precision == "fp8":
-            fp8.check_fp8_support(self.backbone.pos_embed.device)
-        _, self._optimized = _optimize.optimize_model(self, batch_size, dtype, cuda_graphs)
-        if precision == "fp8" and not self.is_fp8:
-            self.quantize_fp8()
+        ``precision`` (:mod:`vitpose_fast.model.precision`): ``"fp32"``, ``"bf16"``, ``"fp8"`` (bf16 with the
+        backbone GEMMs on FP8 operands, :meth:`quantize_fp8`) or None / ``"auto"``: the precision this model was
+        given before (:meth:`load`, ``apply_precision``, an earlier ``optimize``), else the weights' dtype if
+        they were cast away from fp32 (bf16, or fp16 kept as it is), else the device's default (bf16 where it
+        is native: sm_80+ GPUs, CPUs with AVX512-BF16 or AMX; fp32 elsewhere). The choice and its reason are
+        logged (logger ``vitpose_fast``). FP8 where it cannot run raises
+        :class:`vitpose_fast.model.fp8.Fp8UnavailableError` before anything changes.
+
+        ``dtype`` is deprecated (one release): ``torch.float32`` / ``torch.bfloat16`` mean ``precision="fp32"`` /
+        ``"bf16"``, None keeps the weights' dtype, any other floating dtype casts to it."""
+        if isinstance(precision, torch.dtype):  # the old positional optimize(batch_size, dtype)
+            dtype, precision = precision, None
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        device = self.backbone.pos_embed.device
+        if dtype is not _UNSET:
+            warnings.warn("Model.optimize(dtype=...) is deprecated: pass precision='fp32' | 'bf16' | 'fp8' "
+                          "(None: the device's default)", DeprecationWarning, stacklevel=2)
+            if precision in (None, "bf16"):  # the old precision="bf16" meant "not fp8": dtype decides
+                want = self.backbone.pos_embed.dtype if dtype is None else dtype
+                if not want.is_floating_point:
+                    raise ValueError(f"optimize casts the weights to a floating dtype, got {want}")
+                precision = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(want)
+                if precision is None:  # fp16, fp64: cast and kept as they are
+                    self.to(want)
+                    self.precision = None
+        chosen, why = self._chosen_precision(precision, device)
+        if chosen in _precision.PRECISIONS:
+            _precision.apply_precision(self, chosen)
+        logger.info("precision %s on %s (%s)", chosen, device, why)
+        self._optimized = _optimize.optimize_model(self, batch_size, cuda_graphs)
         return self
+
+    def _chosen_precision(self, precision: Optional[str], device: torch.device):
+        """(precision, why); for None, a precision given before, else the weights' dtype where someone cast
+        them (a dtype outside the vocabulary, e.g. fp16, is returned as its name and kept), else the default."""
+        precision = _precision.check_precision(precision)
+        if precision == _precision.AUTO:
+            if self.precision is not None:
+                return self.precision, "the precision this model was given before"
+            dtype = self.backbone.pos_embed.dtype
+            if dtype != torch.float32:
+                kept = {torch.bfloat16: "bf16"}.get(dtype, str(dtype).replace("torch.", ""))
+                return kept, "the weights' dtype (cast before optimize), kept"
+        return _precision.choose_precision(precision, device)
 
     def _apply(self, fn, *args, **kwargs):
         # .to() / .cuda() / .half() reallocate the weights the captured graphs point at.
@@ -297,44 +363,3 @@ class Model(nn.Module):
         from vitpose_fast.model.onnx_export import export_onnx
 
         return export_onnx(self, path, batch=batch, opset=opset, dataset_index=dataset_index)
-
-    def predict(self, images, boxes=None, box_format: str = "xyxy", flip_test: bool = True,
-                decode: str = "udp", batch_size: int = 64, detector=None, det_thr: float = 0.3,
-                det_classes=None, **kwargs):
-        """Top-down inference: images + person boxes -> keypoints in image coordinates.
-        See :func:`vitpose_fast.inference.pipeline.predict`. A model not yet optimized is first set up with
-        ``optimize(batch_size, dtype=None)`` (its dtype kept: folded head, CUDA graphs on CUDA).
-
-        ``detector``: instead of ``boxes``, a callable image (HxWx3 uint8 RGB) -> (boxes_xyxy [N, 4], scores [N]
-        [, labels [N]]) run first; detections with score < ``det_thr`` (the official demo's 0.3) or a label not
-        in ``det_classes`` (None: all) are dropped. See :mod:`vitpose_fast.inference.detectors`."""
-        from vitpose_fast.inference.pipeline import predict
-
-        self._optimize_once(batch_size)
-        return predict(self, images, boxes=boxes, box_format=box_format, flip_test=flip_test, decode=decode,
-                       batch_size=batch_size, detector=detector, det_thr=det_thr, det_classes=det_classes, **kwargs)
-
-    def _optimize_once(self, batch_size: int) -> None:
-        if self._optimized is None:
-            was_training = self.training
-            self.optimize(batch_size, dtype=None).train(was_training)
-
-    def predict_iter(self, items, batch_size: int = 64, **kwargs):
-        """Streaming top-down inference over any iterable of ``image`` / ``(image, boxes[, meta])``: one
-        :class:`~vitpose_fast.inference.pipeline.ImageResult` per item as it is ready, memory bounded by ``batch_size``
-        (``detector=fn`` finds each image's boxes). Optimized once as :meth:`predict`.
-        See :func:`vitpose_fast.inference.pipeline.predict_iter`."""
-        from vitpose_fast.inference.pipeline import predict_iter
-
-        self._optimize_once(batch_size)
-        return predict_iter(self, items, batch_size=batch_size, **kwargs)
-
-    def predict_video(self, source, out, track: bool = False, smooth=None, detect_every: int = 1, **kwargs):
-        """Keypoints for every frame of a video file, webcam or stream as JSON lines in ``out`` (``vis=``: an
-        annotated video). ``track=True``: a ``track_id`` per person; ``smooth="one_euro"``: smoothed keypoints;
-        ``detect_every=N``: the detector on every N-th frame, boxes from the tracks' keypoints in between.
-        Returns ``{"frames", "persons", "seconds", "fps", "persons_per_s"}``.
-        See :func:`vitpose_fast.inference.video.predict_video` for the other arguments."""
-        from vitpose_fast.inference.video import predict_video
-
-        return predict_video(self, source, out, track=track, smooth=smooth, detect_every=detect_every, **kwargs)

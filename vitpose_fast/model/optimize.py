@@ -1,9 +1,9 @@
-"""``Model.optimize``: inference set-up in one call (dtype, folded head, static-shape CUDA graphs).
+"""``Model.optimize``: inference set-up in one call (precision, folded head, static-shape CUDA graphs).
 
 What it does (see :meth:`vitpose_fast.Model.optimize`):
 
-- eval mode and the weights cast to ``dtype`` (bf16 by default; on CPU too: on an AVX512-BF16 CPU the bf16
-  ViTPose-B forward measured ~1.3x faster than fp32);
+- eval mode and the weights at the chosen precision (:mod:`vitpose_fast.model.precision`: bf16 by default where
+  the hardware computes it natively, fp32 elsewhere);
 - the classic head folds its BatchNorms into the deconvolution weights (:class:`vitpose_fast.model.heads.ClassicHead`,
   eval only, recomputed every call so it can never go stale) and applies ReLU in place;
 - the model keeps its backend: ``auto`` runs the fused block (residual + LayerNorm, bias + GELU kernels) on CUDA
@@ -12,13 +12,13 @@ What it does (see :meth:`vitpose_fast.Model.optimize`):
 
 CUDA graphs read their inputs, weights and buffers from fixed addresses at replay, so in-place weight updates
 (``load_state_dict``, an optimiser step) are seen by the next replay; moving or casting the model (``.to``,
-``.half``) reallocates the weights, so :meth:`Model._apply` drops the graphs and the next call re-captures.
+``.half``) reallocates the weights, so :meth:`ViTPose._apply` drops the graphs and the next call re-captures.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Hashable, Optional, Tuple
+from typing import Callable, Dict, Hashable, Optional
 
 import torch
 
@@ -108,17 +108,14 @@ class Optimized:
             self.graphs.reset()
 
 
-def optimize_model(model, batch_size: int, dtype: Optional[torch.dtype], cuda_graphs: bool) -> Tuple[object, Optimized]:
-    """Apply :meth:`vitpose_fast.Model.optimize` to ``model``; returns (model, its Optimized state)."""
+def optimize_model(model, batch_size: int, cuda_graphs: bool) -> Optimized:
+    """The set-up of :meth:`vitpose_fast.model.model.ViTPose.optimize` after its precision is applied: eval mode,
+    folded classic heads, CUDA graphs; returns the model's Optimized state."""
     from vitpose_fast.model.heads import ClassicHead
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if dtype is not None and not dtype.is_floating_point:
-        raise ValueError(f"optimize casts the weights to a floating dtype, got {dtype}")
     model.eval()
-    if dtype is not None:
-        model.to(dtype)
     for head in [model.keypoint_head, *model.associate_keypoint_heads]:
         if isinstance(head, ClassicHead):
             head.fold_batchnorm = True
@@ -126,4 +123,4 @@ def optimize_model(model, batch_size: int, dtype: Optional[torch.dtype], cuda_gr
     graphs = None
     if cuda_graphs and cuda_graphs_available(device):
         graphs = GraphedForward(model._forward_eager, batch_size)
-    return model, Optimized(batch_size, graphs)
+    return Optimized(batch_size, graphs)

@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Sampler
 
+from vitpose_fast.model.checkpoint import atomic_save
+
 __all__ = [
     "joints_mse_loss",
     "MultiHeadModel",
@@ -296,13 +298,8 @@ def _to_tuples(x):
 
 # ------------------------------------------------------------------------------------------------ checkpoints
 def save_checkpoint(path: os.PathLike, state: Dict[str, Any]) -> None:
-    """Write ``state`` atomically: to ``path.tmp``, then ``os.replace`` (a killed run never leaves a torn
-    file where a good one was)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write ``state`` atomically (:func:`vitpose_fast.model.checkpoint.atomic_save`)."""
+    atomic_save(state, path)
 
 
 class CheckpointFileError(ValueError):

@@ -57,7 +57,7 @@ import torch.nn as nn
 
 from vitpose_fast.training.presets import PRESETS, TrainPreset, get_preset
 from vitpose_fast.config import BACKENDS, with_overrides
-from vitpose_fast.model.model import Model
+from vitpose_fast.inference.model import Model
 from vitpose_fast.training.core import (
     ShardedSampler,
     ScheduleConfig,

@@ -90,7 +90,7 @@ from vitpose_fast.config import BACKENDS, with_overrides
 from vitpose_fast.data.coco import CocoKeypoints, collate, upper_body_ids
 from vitpose_fast.data.datasets import VITPOSE_PLUS_DATASETS, get_dataset
 from vitpose_fast.data.multi import DatasetSource, MultiDataset, RatioSampler, collate_multi
-from vitpose_fast.model.model import Model
+from vitpose_fast.inference.model import Model
 from vitpose_fast.training.core import (
     MultiHeadModel,
     SavePolicy,
@@ -356,7 +356,7 @@ def load_init(model: Model, path: Path, log) -> None:
 def estimate_memory_report(args: argparse.Namespace) -> Dict[str, Any]:
     """``--estimate-memory``: the per-rank memory table of the preset (at its per-process batch, ``--amp``,
     ``--checkpointing``, ``--freeze``) for DDP and for FSDP on each of ``--ranks``, printed and returned."""
-    from vitpose_fast.training.distributed import estimate_memory, memory_table
+    from vitpose_fast.training.memory import estimate_memory, memory_table
 
     pre = resolve_preset(args)
     amp = "bf16" if args.amp == "bf16" else "none"
