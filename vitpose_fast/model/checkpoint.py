@@ -502,6 +502,9 @@ def save_official(model, path) -> None:
 
 def hf_config_dict(config: ModelConfig) -> dict:
     b = config.backbone
+    if not b.pos_embed_cls or config.head.conv_channels or config.head.norm_act != "bn_relu":
+        raise CheckpointError("the Hugging Face VitPose port has no Sapiens model (position embedding without cls "
+                              "slot, InstanceNorm + SiLU head); use export_official for the Sapiens layout")
     if b.patch_stride != b.patch_size:
         raise CheckpointError("the Hugging Face port supports patch stride == patch size (16) only")
     if config.head_upsample != 4:
