@@ -322,3 +322,23 @@ def test_optimize_and_fp8_smoke():
         return  # CPU or a GPU before sm_89: FP8 says so; the GPU suite covers the kernels
     with torch.no_grad():
         assert _scaled_diff(model(x.bfloat16()).float(), want) <= 0.1
+
+
+def test_video_draws_the_whole_body_skeleton(tmp_path, monkeypatch):
+    cv2 = pytest.importorskip("cv2")
+    from vitpose_fast.inference import visualize
+    from vitpose_fast.inference.video import predict_video
+
+    path = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (96, 128))
+    for i in range(2):
+        writer.write(np.full((128, 96, 3), 40 * i, dtype=np.uint8))
+    writer.release()
+    drawn = []
+    real = visualize.draw_poses
+    monkeypatch.setattr(visualize, "draw_poses", lambda image, persons, skeleton, **kw: (
+        drawn.append((len(persons[0]["keypoints"]), tuple(skeleton))), real(image, persons, skeleton, **kw))[1])
+    model = Model.from_config("sapiens_0.3b", depth=1, embed_dim=32, num_heads=2, res=RES, num_keypoints=133,
+                              deconv_channels=(16, 16), conv_channels=(16, 16)).eval()
+    predict_video(model, path, tmp_path / "out.jsonl", vis=tmp_path / "vis.mp4", progress=False, flip_test=True)
+    assert drawn == [(133, COCO_WHOLEBODY.skeleton)] * 2
