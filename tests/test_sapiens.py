@@ -342,3 +342,13 @@ def test_video_draws_the_whole_body_skeleton(tmp_path, monkeypatch):
                               deconv_channels=(16, 16), conv_channels=(16, 16)).eval()
     predict_video(model, path, tmp_path / "out.jsonl", vis=tmp_path / "vis.mp4", progress=False, flip_test=True)
     assert drawn == [(133, COCO_WHOLEBODY.skeleton)] * 2
+
+
+def test_training_presets_follow_the_official_configs():
+    from vitpose_fast.training.presets import get_preset
+
+    p = get_preset("sapiens_1b_coco_1024x768")
+    assert p.model.backbone.img_size == (1024, 768) and p.model.backbone.drop_path_rate == 0.0
+    assert p.layer_decay == 0.85 and p.data.sigma == 6.0 and p.data.udp and p.eval_interval == 1
+    assert (p.optim.lr, p.optim.weight_decay, p.optim.grad_clip) == (5e-4, 0.1, 1.0)
+    assert p.optim.schedule.milestones == (170, 200) and p.optim.schedule.warmup_iters == 500
