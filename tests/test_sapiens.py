@@ -255,7 +255,8 @@ def test_predict_synthetic_person_1024x768():
 
     for k, info in ((17, COCO), (133, COCO_WHOLEBODY), (308, GOLIATH)):
         assert head_dataset(_tiny_1024(k)) is info  # flip test swaps this set's pairs
-    model = _tiny_1024(133).eval()
+    # 17 keypoints: UDP decoding of 133 maps of 256x192 alone takes seconds on a CPU.
+    model = _tiny_1024(17).eval()
     image, anns = _render(np.random.default_rng(0), 640, 480)
     x, y, w, h = anns[0]["bbox"]
     box = np.array([[x, y, x + w, y + h]], dtype=np.float32)
@@ -263,7 +264,7 @@ def test_predict_synthetic_person_1024x768():
     persons = res[0]
     assert len(persons) == 1
     kp = np.asarray(persons[0]["keypoints"])
-    assert kp.shape == (133, 3) and np.isfinite(kp).all()
+    assert kp.shape == (17, 3) and np.isfinite(kp).all()
     # Decoded inside the 1024x768 crop around the box (the crop is the box padded to 3:4, scale 1.25).
     cx, cy, size = x + w / 2, y + h / 2, 1.25 * max(h, w * 4 / 3)
     assert (np.abs(kp[:, 1] - cy) <= size / 2 + 1).all() and (np.abs(kp[:, 0] - cx) <= size * 3 / 8 + 1).all()
