@@ -353,3 +353,17 @@ def test_training_presets_follow_the_official_configs():
     assert p.layer_decay == 0.85 and p.data.sigma == 6.0 and p.data.udp and p.eval_interval == 1
     assert (p.optim.lr, p.optim.weight_decay, p.optim.grad_clip) == (5e-4, 0.1, 1.0)
     assert p.optim.schedule.milestones == (170, 200) and p.optim.schedule.warmup_iters == 500
+
+
+def test_model_flops_count_the_sapiens_head():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vitpose_fast.benchmarking.common import model_flops
+
+    model = Model.from_config("sapiens_0.3b", depth=2, embed_dim=64, num_heads=2, res=RES, num_keypoints=133,
+                              deconv_channels=(32, 32), conv_channels=(24, 16), backend="reference").eval()
+    with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+        model(torch.randn(2, 3, *RES))
+    # The same relation as tests/test_run_benchmark.py's ViTPose cases (the counter's convention).
+    assert counter.get_total_flops() == 2 * model_flops(model.config).total
