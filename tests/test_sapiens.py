@@ -367,3 +367,16 @@ def test_model_flops_count_the_sapiens_head():
         model(torch.randn(2, 3, *RES))
     # The same relation as tests/test_run_benchmark.py's ViTPose cases (the counter's convention).
     assert counter.get_total_flops() == 2 * model_flops(model.config).total
+
+
+@pytest.mark.slow  # the run measures CPU matmul rates first: tens of seconds on a shared 2-core machine
+def test_benchmark_runs_sapiens_with_the_same_peers(capsys):
+    from helpers import load_script
+
+    run = load_script("benchmarks/run.py")
+    payload = run.main(["--model", "sapiens_0.3b", "--res", "64x48", "--depth", "1", "--batch", "1", "--iters", "1",
+                        "--warmup", "0", "--no-save",
+                        "--backends", "reference,hf,sdpa-bf16,vitpose_fast,vitpose_fast-fp8"])
+    rows = {r["backend"] for r in payload["rows"] if r.get("images_s")}
+    assert rows == {"reference", "sdpa-bf16", "vitpose_fast", "vitpose_fast-fp8"}
+    assert "no Sapiens" in payload["skipped"]["infer/global/hf"]
