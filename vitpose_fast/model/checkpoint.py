@@ -730,8 +730,9 @@ def check_family(sd: StateDict, config: ModelConfig) -> None:
             "vitpose": "a ViTPose checkpoint (BatchNorm + ReLU or simple head)"}[found]
     model = f"the {config.name!r} model is " + ("a Sapiens model" if sapiens_model else "a ViTPose model")
     raise CheckpointError(
-        f"{what} does not fit: {model}. Load it with Model.from_pretrained(path), which builds the matching "
-        f"model from the checkpoint, or pick a {'sapiens_*' if found == 'sapiens' else 'vitpose_*'} preset"
+        f"{what} does not fit: {model}. Load it without a preset (Model.from_pretrained(path); on the command "
+        f"line, no --model), which builds the matching model from the checkpoint, or pick a "
+        f"{'sapiens_*' if found == 'sapiens' else 'vitpose_*'} preset"
     )
 
 
