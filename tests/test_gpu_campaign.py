@@ -14,8 +14,7 @@ from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["setup", "pytest_gpu", "main_h_576x432", "train_b_256x192", "main_sapiens_0.3b_1024x768", "bench_attention",
-         "bench_simple_decoder",
-         "bench_heatmap_decode", "bench_decode", "compile_h_576x432"]
+         "bench_simple_decoder", "bench_heatmap_decode", "bench_decode", "compile_h_576x432"]
 OUTPUT_FILES = ["logs.tar.gz", "results.json", "summary.md"]
 
 
