@@ -12,8 +12,7 @@ import torch
 from vitpose_fast import Model
 from vitpose_fast.config import SAPIENS_PRESET_NAMES, preset
 from vitpose_fast.data.datasets import COCO, COCO_WHOLEBODY, GOLIATH
-from vitpose_fast.model.checkpoint import (CheckpointError, load_into, ours_to_sapiens, read_checkpoint,
-                                           sapiens_state_dict)
+from vitpose_fast.model.checkpoint import CheckpointError, load_into, ours_to_sapiens, read_checkpoint
 
 import sapiens_oracle as oracle
 
@@ -30,11 +29,13 @@ def _randomize(model: torch.nn.Module) -> torch.nn.Module:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim == 1:
-                p.normal_(1.0 if "ln" in name else 0.0, 0.2 if "ln" in name else 0.1)
+                gain = "ln" in name or "norm" in name
+                p.normal_(1.0 if gain else 0.0, 0.2 if gain else 0.1)
             elif "pos_embed" in name:
                 p.normal_(0, 0.5)
             else:
-                fan_in = p.shape[0] if isinstance(p, torch.nn.Parameter) and "deconv" in name else p[0].numel()
+                # ConvTranspose2d weights are [in, out, kh, kw]: each output sums over the input channels.
+                fan_in = p.shape[0] if "deconv" in name else p[0].numel()
                 p.normal_(0, fan_in ** -0.5)
     return model
 

@@ -203,9 +203,10 @@ COCO_WHOLEBODY = _wholebody()
 # Goliath-308 (Sapiens' 308-keypoint set): facebookresearch/sapiens pose/configs/_base_/datasets/goliath.py after
 # its own post-processing, which we ran once to extract these facts: 344 keypoints minus the 36 teeth, swap
 # pairs from each keypoint's ``swap``, the 65 skeleton links of ``skeleton_info`` (COCO-WholeBody's body and
-# feet links, then wrist -> finger joint chains per hand; the face has none), sigmas 0.010 ("mostly face keypoints") except COCO-WholeBody's sigma for every keypoint it
-# shares and the config's own values for the third finger joints, neck, olecranon, cubital fossa and acromion.
-# Sapiens trains every keypoint set with UDP heatmaps (codec ``UDPHeatmap``).
+# feet links, then wrist -> finger joint chains per hand; the face has none), sigmas 0.010 ("mostly face
+# keypoints") except COCO-WholeBody's sigma for every keypoint it shares and the config's own values for the
+# third finger joints, neck, olecranon, cubital fossa and acromion. Sapiens trains every keypoint set with UDP
+# heatmaps (codec ``UDPHeatmap``).
 _GOLIATH_NAMES = (
     'nose', 'left_eye', 'right_eye', 'left_ear', 'right_ear', 'left_shoulder', 'right_shoulder', 'left_elbow',
     'right_elbow', 'left_hip', 'right_hip', 'left_knee', 'right_knee', 'left_ankle', 'right_ankle', 'left_big_toe',

@@ -1,7 +1,7 @@
 """Typed training presets reproducing the official ViTPose COCO configs, plus a tiny CPU preset.
 
-Names: ``vitpose_{s,b,l,h,g}[_simple]_coco_{256x192,384x288,576x432}``, ``sapiens_{0.3b,0.6b,1b,2b}_coco_1024x768``,
-``tiny_synthetic`` and
+Names: ``vitpose_{s,b,l,h,g}[_simple]_coco_{256x192,384x288,576x432}``,
+``sapiens_{0.3b,0.6b,1b,2b}_coco_1024x768``, ``tiny_synthetic`` and
 ``tiny_synthetic_multi`` (the tiny model as a ViTPose+ with 6 experts, for multi-dataset runs on synthetic sets). The 256x192 values
 are the official ``ViTPose_{small,base,large,huge}[_simple]_coco_256x192.py`` (AdamW lr 5e-4, wd 0.1, betas
 0.9/0.999, layer decay S 0.8 / B 0.75 / L 0.8 / H 0.85, drop path S 0.1 / B 0.3 / L 0.5 / H 0.55, batch 64 per
