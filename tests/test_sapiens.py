@@ -326,7 +326,7 @@ def test_optimize_and_fp8_smoke():
         assert _scaled_diff(model(x).float(), want) <= 0.1  # bf16 + e4m3 GEMMs against fp32
 
 
-def test_video_draws_the_whole_body_skeleton(tmp_path, monkeypatch):
+def test_video_draws_the_head_keypoint_set(tmp_path, monkeypatch):
     cv2 = pytest.importorskip("cv2")
     from vitpose_fast.inference import visualize
     from vitpose_fast.inference.video import predict_video
@@ -338,12 +338,18 @@ def test_video_draws_the_whole_body_skeleton(tmp_path, monkeypatch):
     writer.release()
     drawn = []
     real = visualize.draw_poses
-    monkeypatch.setattr(visualize, "draw_poses", lambda image, persons, skeleton, **kw: (
-        drawn.append((len(persons[0]["keypoints"]), tuple(skeleton))), real(image, persons, skeleton, **kw))[1])
-    model = Model.from_config("sapiens_0.3b", depth=1, embed_dim=32, num_heads=2, res=RES, num_keypoints=133,
-                              deconv_channels=(16, 16), conv_channels=(16, 16)).eval()
-    predict_video(model, path, tmp_path / "out.jsonl", vis=tmp_path / "vis.mp4", progress=False, flip_test=True)
-    assert drawn == [(133, COCO_WHOLEBODY.skeleton)] * 2
+
+    def spy(image, persons, *args, **kwargs):
+        drawn.append((len(persons[0]["keypoints"]), kwargs.get("dataset")))
+        return real(image, persons, *args, **kwargs)
+
+    monkeypatch.setattr(visualize, "draw_poses", spy)
+    for k, info in ((133, COCO_WHOLEBODY), (308, GOLIATH)):
+        drawn.clear()
+        model = Model.from_config("sapiens_0.3b", depth=1, embed_dim=32, num_heads=2, res=RES, num_keypoints=k,
+                                  deconv_channels=(16, 16), conv_channels=(16, 16)).eval()
+        predict_video(model, path, tmp_path / "out.jsonl", vis=tmp_path / "vis.mp4", progress=False)
+        assert drawn == [(k, info)] * 2
 
 
 def test_training_presets_follow_the_official_configs():
