@@ -392,12 +392,12 @@ def test_benchmark_runs_sapiens_with_the_same_peers(capsys):
 def test_cli_names_the_wrong_family_in_one_line(tmp_path):
     from PIL import Image
 
-    from vitpose_fast.cli import commands as cli
+    from vitpose_fast.cli import main as cli_main
 
     weights = _official_file(_oracle(17), tmp_path / "s.pth")
     Image.fromarray(np.zeros((64, 48, 3), np.uint8)).save(tmp_path / "img.png")
     with pytest.raises(SystemExit) as e:  # (the smallest preset: the CLI builds it before loading)
-        cli.main(["predict", str(tmp_path / "img.png"), "--model", "vitpose_s", "--weights", weights,
+        cli_main(["predict", str(tmp_path / "img.png"), "--model", "vitpose_s", "--weights", weights,
                   "--out", str(tmp_path / "o.json"), "--device", "cpu"])
     msg = str(e.value.code)
-    assert msg.startswith("vitpose-fast: --weights") and "Sapiens checkpoint" in msg and "\n" not in msg
+    assert msg.startswith("vitpose-fast:") and "Sapiens checkpoint" in msg and "\n" not in msg
