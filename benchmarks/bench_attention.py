@@ -7,7 +7,11 @@ forward and forward+backward.
 Cases (q, k, v in the model's [B, N, heads, d] layout, strided views of one qkv tensor):
 
 - ``vitpose_b_1_8``: ViTPose-B at 256x192 with 1/8 features: 32x24 grid, batch 64, 12 heads, d64, window (8, 8);
-- ``vitpose_h_576x432_1_8``: ViTPose-H at 576x432, 1/8: 72x54 grid, batch 64, 16 heads, d80, window (8, 8).
+- ``vitpose_h_576x432_1_8``: ViTPose-H at 576x432, 1/8: 72x54 grid, batch 64, 16 heads, d80, window (8, 8);
+- ``sapiens_{0.3b,0.6b,2b}_1024x768`` (``--cases s03 s06 s2 --specs global``): Sapiens at 1024x768, a 64x48 grid
+  (3,072 tokens), batch 8, 16 heads d64 / 16 heads d80 / 32 heads d60 (Sapiens-1B is d64 too, with 24 heads).
+  Sapiens uses global attention only; its d60 runs in our kernel as one 64-wide part with the last 4 columns
+  masked (:func:`vitpose_fast.kernels.attention.head_dim_parts`).
 
 Implementations:
 
@@ -52,8 +56,13 @@ from vitpose_fast.benchmarking.common import (
 CASES: Dict[str, Tuple[int, Tuple[int, int], int, int, Tuple[int, int]]] = {
     "b": (64, (32, 24), 12, 64, (8, 8)),
     "h": (64, (72, 54), 16, 80, (8, 8)),
+    # Sapiens at 1024x768 (1/16 features, 3,072 tokens, global attention), batch 8: head dims 64, 80 and 60.
+    "s03": (8, (64, 48), 16, 64, (8, 8)),
+    "s06": (8, (64, 48), 16, 80, (8, 8)),
+    "s2": (8, (64, 48), 32, 60, (8, 8)),
 }
-CASE_NAMES = {"b": "vitpose_b_1_8", "h": "vitpose_h_576x432_1_8"}
+CASE_NAMES = {"b": "vitpose_b_1_8", "h": "vitpose_h_576x432_1_8", "s03": "sapiens_0.3b_1024x768",
+              "s06": "sapiens_0.6b_1024x768", "s2": "sapiens_2b_1024x768"}
 CPU_CASE = ("tiny_cpu", (1, (8, 6), 2, 16, (4, 4)))
 MODES = ("global", "window", "shift", "pool", "shift_pool")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -246,7 +255,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=sorted(CASES))
+    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=["b", "h"])
     parser.add_argument("--specs", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--rel-pos", nargs="+", choices=["on", "off"], default=["off", "on"])
     parser.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd", "fwd+bwd"])

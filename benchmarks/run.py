@@ -4,6 +4,7 @@
     python benchmarks/run.py --model vitpose_b --res 256x192 --train      # + a training step (fwd+bwd+AdamW)
     python benchmarks/run.py --model vitpose_b --res 256x192 --attention  # Table 5 attention presets, 1/8 features
     python benchmarks/run.py --model vitpose_h --res 256x192 --e2e        # + Model.predict on images and boxes
+    python benchmarks/run.py --model sapiens_1b --res 1024x768            # Sapiens: 3,072 tokens, same peers
 
 Backends (a backend that cannot run here is skipped with a one-line reason):
 
@@ -113,7 +114,7 @@ def parse_backends(text: str) -> Tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", default="vitpose_h", help="preset: vitpose_s|b|l|h|g (default vitpose_h)")
+    p.add_argument("--model", default="vitpose_h", help="preset: vitpose_s|b|l|h|g or sapiens_0.3b|0.6b|1b|2b (default vitpose_h)")
     p.add_argument("--res", type=parse_res, default=(576, 432), help="input HxW (default 576x432)")
     p.add_argument("--batch", type=parse_ints, default=None,
                    help="batch sizes (default GPU 1,8,32,64 up to the largest that fits; CPU 1[,2] by budget)")

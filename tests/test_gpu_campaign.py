@@ -13,8 +13,8 @@ from pathlib import Path
 from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["setup", "pytest_gpu", "main_h_576x432", "train_b_256x192", "bench_attention", "bench_simple_decoder",
-         "bench_heatmap_decode", "bench_decode", "compile_h_576x432"]
+STEPS = ["setup", "pytest_gpu", "main_h_576x432", "train_b_256x192", "main_sapiens_0.3b_1024x768", "bench_attention",
+         "bench_simple_decoder", "bench_heatmap_decode", "bench_decode", "compile_h_576x432"]
 OUTPUT_FILES = ["logs.tar.gz", "results.json", "summary.md"]
 
 
@@ -54,7 +54,9 @@ def test_dry_run_runs_every_step(tmp_path):
         assert f"{name} (" in stdout and f"compiles: {compiles[name]['compiles']} on the GPU" in stdout
 
     runs = {r["step"]: r for r in data["runs"]}
-    assert set(runs) == {"main_h_576x432", "train_b_256x192", "compile_h_576x432"}
+    assert set(runs) == {"main_h_576x432", "train_b_256x192", "main_sapiens_0.3b_1024x768", "compile_h_576x432"}
+    assert {r["backend"] for r in runs["main_sapiens_0.3b_1024x768"]["rows"] if r.get("images_s")} == {
+        "sdpa-bf16", "vitpose_fast", "vitpose_fast-fp8"}
     main = {(r["backend"], r["batch"]) for r in runs["main_h_576x432"]["rows"] if r.get("images_s")}
     assert main == {(b, n) for b in ("sdpa-bf16", "vitpose_fast", "vitpose_fast-fp8", "hf", "hf-bf16") for n in (1, 2)}
     assert {r["backend"] for r in runs["train_b_256x192"]["rows"] if r["mode"] == "train"} == {"sdpa-bf16",

@@ -1,8 +1,10 @@
-"""Typed configuration for ViTPose models.
+"""Typed configuration for ViTPose models (and Sapiens, ViTPose's sibling on the same backbone and head code).
 
 Everything that decides a model's parameters or its computation lives in these dataclasses; there is no
 registry and no string-built config. Presets are plain functions of the official values
-(ViTAE-Transformer/ViTPose configs, ``configs/body/2d_kpt_sview_rgb_img/topdown_heatmap/coco``).
+(ViTAE-Transformer/ViTPose configs, ``configs/body/2d_kpt_sview_rgb_img/topdown_heatmap/coco``; Sapiens:
+facebookresearch/sapiens ``pose/configs/sapiens_pose/*/sapiens_*-210e_*-1024x768.py`` and the mmpretrain
+``VisionTransformer.arch_zoo`` sizes).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Literal, Sequence, Tuple, Union
 
 AttentionKind = Literal["global", "window"]
 HeadKind = Literal["classic", "simple"]
+NormAct = Literal["bn_relu", "in_silu"]
 Backend = Literal["auto", "reference", "torch", "triton"]
 BACKENDS = ("auto", "reference", "torch", "triton")
 
@@ -72,6 +75,9 @@ class BackboneConfig:
     attention: Union[AttentionSpec, Tuple[AttentionSpec, ...]] = GLOBAL
     # Knowledge tokens (paper section 3.4, Table 8): learned tokens appended to the patch tokens (0: none).
     num_knowledge_tokens: int = 0
+    # Position embedding layout. True (ViTPose): [1, 1 + Hp*Wp, C], its cls slot added to every patch token.
+    # False (Sapiens, mmpretrain ``with_cls_token=False``): [1, Hp*Wp, C], added as is.
+    pos_embed_cls: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "img_size", (int(self.img_size[0]), int(self.img_size[1])))
@@ -119,17 +125,29 @@ class BackboneConfig:
 @dataclass(frozen=True)
 class HeadConfig:
     """A keypoint head (``TopdownHeatmapSimpleHead``). Classic: 2x [deconv 4x4 s2 + BN + ReLU] + 1x1 conv.
-    Simple: ReLU, bilinear x4 (align_corners=False), 3x3 conv."""
+    Simple: ReLU, bilinear x4 (align_corners=False), 3x3 conv.
+
+    Sapiens' ``HeatmapHead`` is the classic head with ``conv_channels`` (1x1 convolutions with bias after the
+    deconvolutions) and ``norm_act="in_silu"``: every deconv / conv is followed by InstanceNorm2d (no affine, no
+    running statistics) and SiLU instead of BatchNorm and ReLU."""
 
     kind: HeadKind = "classic"
     num_keypoints: int = 17
     deconv_channels: Tuple[int, ...] = (256, 256)
+    conv_channels: Tuple[int, ...] = ()
+    norm_act: NormAct = "bn_relu"
 
     def __post_init__(self):
         if self.kind not in ("classic", "simple"):
             raise ValueError(f"head kind must be 'classic' or 'simple', got {self.kind!r}")
         if self.num_keypoints < 1:
             raise ValueError(f"num_keypoints must be >= 1, got {self.num_keypoints}")
+        if self.norm_act not in ("bn_relu", "in_silu"):
+            raise ValueError(f"head norm_act must be 'bn_relu' or 'in_silu', got {self.norm_act!r}")
+        object.__setattr__(self, "deconv_channels", tuple(int(c) for c in self.deconv_channels))
+        object.__setattr__(self, "conv_channels", tuple(int(c) for c in self.conv_channels))
+        if self.kind == "simple" and (self.conv_channels or self.norm_act != "bn_relu"):
+            raise ValueError("conv_channels and norm_act='in_silu' apply to the classic head only (kind='classic')")
 
 
 @dataclass(frozen=True)
@@ -178,7 +196,6 @@ class ModelConfig:
         )
         b["img_size"] = tuple(b["img_size"])
         h = dict(d["head"])
-        h["deconv_channels"] = tuple(h["deconv_channels"])
         return cls(
             backbone=BackboneConfig(**b),
             head=HeadConfig(**h),
@@ -210,7 +227,19 @@ _PRESETS = {
         part_features=352,
     ),
 }
-PRESET_NAMES = tuple(_PRESETS)
+# Sapiens (facebookresearch/sapiens): the mmpretrain arch_zoo sizes (embed, layers, heads, FFN = 4 x embed) and the
+# pose configs' settings: 1024x768 input, patch 16 with padding 2 (64x48 tokens), no cls token, final norm,
+# drop_path_rate 0.0, layer decay 0.85; HeatmapHead deconv (768, 768) + conv 1x1 (768, 768), InstanceNorm + SiLU.
+_SAPIENS_PRESETS = {
+    "sapiens_0.3b": dict(embed_dim=1024, depth=24, num_heads=16),
+    "sapiens_0.6b": dict(embed_dim=1280, depth=32, num_heads=16),
+    "sapiens_1b": dict(embed_dim=1536, depth=40, num_heads=24),
+    "sapiens_2b": dict(embed_dim=1920, depth=48, num_heads=32),
+}
+_SAPIENS_BACKBONE = dict(img_size=(1024, 768), drop_path_rate=0.0, pos_embed_cls=False)
+_SAPIENS_HEAD = dict(deconv_channels=(768, 768), conv_channels=(768, 768), norm_act="in_silu")
+SAPIENS_PRESET_NAMES = tuple(_SAPIENS_PRESETS)
+PRESET_NAMES = tuple(_PRESETS) + SAPIENS_PRESET_NAMES
 
 _BACKBONE_FIELDS = {f.name for f in fields(BackboneConfig)}
 _HEAD_FIELDS = {f.name for f in fields(HeadConfig)}
@@ -219,20 +248,26 @@ _ALIASES = {"res": "img_size", "decoder": "kind", "head": "kind"}
 
 
 def preset(name: str, **overrides) -> ModelConfig:
-    """The config of a preset (``vitpose_s|b|l|h|g``) with flat keyword overrides.
+    """The config of a preset (``vitpose_s|b|l|h|g``, ``sapiens_0.3b|0.6b|1b|2b``) with flat keyword overrides.
 
     Overrides name any field of :class:`BackboneConfig`, :class:`HeadConfig` or :class:`ModelConfig`, plus
     the aliases ``res`` (= ``img_size``) and ``decoder`` (= head ``kind``). ``part_features`` defaults to the
-    preset's released ViTPose+ value when ``num_experts > 1``.
+    preset's released ViTPose+ value when ``num_experts > 1``. Sapiens presets predict the 17 COCO keypoints
+    unless ``num_keypoints=133`` (COCO-WholeBody) or ``308`` (Goliath) is given.
     """
-    if name not in _PRESETS:
+    if name in _SAPIENS_PRESETS:
+        bkw: dict = dict(_SAPIENS_PRESETS[name], **_SAPIENS_BACKBONE)
+        hkw: dict = dict(_SAPIENS_HEAD)
+        mkw: dict = {"layer_decay": 0.85, "name": name}
+        default_part = bkw["embed_dim"] // 4
+    elif name in _PRESETS:
+        base = dict(_PRESETS[name])
+        mkw = {"layer_decay": base.pop("layer_decay"), "name": name}
+        default_part = base.pop("part_features")
+        bkw = dict(base)
+        hkw = {}
+    else:
         raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESET_NAMES)}")
-    base = dict(_PRESETS[name])
-    layer_decay = base.pop("layer_decay")
-    default_part = base.pop("part_features")
-    bkw: dict = dict(base)
-    hkw: dict = {}
-    mkw: dict = {"layer_decay": layer_decay, "name": name}
     for key, value in overrides.items():
         key = _ALIASES.get(key, key)
         if key in _BACKBONE_FIELDS:

@@ -321,7 +321,8 @@ def model_flops(config: ModelConfig) -> FlopCount:
       4 * N_pad * (T + P) * D, where P = pooled tokens (``pool``) else 0; global attention: T = N, P = 0,
       i.e. 4 N^2 D. ``rel_pos`` adds 2 * N_pad * (wh + ww) * D;
     - classic head: each 4x4 stride-2 deconv 2 * Cin * Cout * 16 * (its input pixels), then the 1x1 conv
-      2 * C * K * (heatmap pixels); simple head: the 3x3 conv at heatmap size, 2 * 9 * D * K * (heatmap pixels)
+      2 * C * K * (heatmap pixels), Sapiens' 1x1 convs between them 2 * Cin * Cout * (heatmap pixels)
+      (InstanceNorm and SiLU not counted); simple head: the 3x3 conv at heatmap size, 2 * 9 * D * K * (heatmap pixels)
       (the plain definition, whichever faster order an implementation uses).
     """
     b = config.backbone
@@ -350,6 +351,9 @@ def model_flops(config: ModelConfig) -> FlopCount:
         for out in channels:
             head += 2 * c * out * 16 * pixels
             c, pixels = out, pixels * 4
+        for out in config.head.conv_channels:
+            head += 2 * c * out * pixels
+            c = out
         head += 2 * c * k * hh * hw
     return FlopCount(patch, gemms, attention, head)
 

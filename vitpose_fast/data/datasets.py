@@ -1,6 +1,7 @@
 """Keypoint dataset metadata (names, flip pairs, skeleton, OKS sigmas, target encoding), as in the official mmpose
 0.x dataset configs (``configs/_base_/datasets/{coco,aic,mpii,crowdpose,ap10k,coco_wholebody}.py``) and ViTPose's
-copies of them (``configs/_base_/datasets/{aic,mpii,ap10k,coco_wholebody}_info.py``).
+copies of them (``configs/_base_/datasets/{aic,mpii,ap10k,coco_wholebody}_info.py``); Goliath-308 from Sapiens'
+``pose/configs/_base_/datasets/goliath.py`` (whose COCO-WholeBody copy matches ours: names, pairs, links, sigmas).
 
 ``encoding`` is the heatmap target each dataset's ViTPose(+) training pipeline uses, per ViTPose's
 ``configs/body/2d_kpt_sview_rgb_img/topdown_heatmap/coco/vitPose+_*_coco+aic+mpii+ap10k+apt36k+wholebody_256x192_udp``
@@ -15,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-__all__ = ["DatasetInfo", "COCO", "AIC", "MPII", "CROWDPOSE", "AP10K", "APT36K", "COCO_WHOLEBODY",
+__all__ = ["DatasetInfo", "COCO", "AIC", "MPII", "CROWDPOSE", "AP10K", "APT36K", "COCO_WHOLEBODY", "GOLIATH",
            "DATASETS", "VITPOSE_PLUS_DATASETS", "get_dataset"]
 
 
@@ -199,8 +200,147 @@ def _wholebody() -> DatasetInfo:
 
 COCO_WHOLEBODY = _wholebody()
 
+# Goliath-308 (Sapiens' 308-keypoint set): facebookresearch/sapiens pose/configs/_base_/datasets/goliath.py after
+# its own post-processing, which we ran once to extract these facts: 344 keypoints minus the 36 teeth, swap
+# pairs from each keypoint's ``swap``, the 65 skeleton links of ``skeleton_info`` (COCO-WholeBody's body and
+# feet links, then wrist -> finger joint chains per hand; the face has none), sigmas 0.010 ("mostly face
+# keypoints") except COCO-WholeBody's sigma for every keypoint it shares and the config's own values for the
+# third finger joints, neck, olecranon, cubital fossa and acromion. Sapiens trains every keypoint set with UDP
+# heatmaps (codec ``UDPHeatmap``).
+_GOLIATH_NAMES = (
+    'nose', 'left_eye', 'right_eye', 'left_ear', 'right_ear', 'left_shoulder', 'right_shoulder', 'left_elbow',
+    'right_elbow', 'left_hip', 'right_hip', 'left_knee', 'right_knee', 'left_ankle', 'right_ankle', 'left_big_toe',
+    'left_small_toe', 'left_heel', 'right_big_toe', 'right_small_toe', 'right_heel', 'right_thumb4', 'right_thumb3',
+    'right_thumb2', 'right_thumb_third_joint', 'right_forefinger4', 'right_forefinger3', 'right_forefinger2',
+    'right_forefinger_third_joint', 'right_middle_finger4', 'right_middle_finger3', 'right_middle_finger2',
+    'right_middle_finger_third_joint', 'right_ring_finger4', 'right_ring_finger3', 'right_ring_finger2',
+    'right_ring_finger_third_joint', 'right_pinky_finger4', 'right_pinky_finger3', 'right_pinky_finger2',
+    'right_pinky_finger_third_joint', 'right_wrist', 'left_thumb4', 'left_thumb3', 'left_thumb2',
+    'left_thumb_third_joint', 'left_forefinger4', 'left_forefinger3', 'left_forefinger2',
+    'left_forefinger_third_joint', 'left_middle_finger4', 'left_middle_finger3', 'left_middle_finger2',
+    'left_middle_finger_third_joint', 'left_ring_finger4', 'left_ring_finger3', 'left_ring_finger2',
+    'left_ring_finger_third_joint', 'left_pinky_finger4', 'left_pinky_finger3', 'left_pinky_finger2',
+    'left_pinky_finger_third_joint', 'left_wrist', 'left_olecranon', 'right_olecranon', 'left_cubital_fossa',
+    'right_cubital_fossa', 'left_acromion', 'right_acromion', 'neck', 'center_of_glabella', 'center_of_nose_root',
+    'tip_of_nose_bridge', 'midpoint_1_of_nose_bridge', 'midpoint_2_of_nose_bridge', 'midpoint_3_of_nose_bridge',
+    'center_of_labiomental_groove', 'tip_of_chin', 'upper_startpoint_of_r_eyebrow', 'lower_startpoint_of_r_eyebrow',
+    'end_of_r_eyebrow', 'upper_midpoint_1_of_r_eyebrow', 'lower_midpoint_1_of_r_eyebrow',
+    'upper_midpoint_2_of_r_eyebrow', 'upper_midpoint_3_of_r_eyebrow', 'lower_midpoint_2_of_r_eyebrow',
+    'lower_midpoint_3_of_r_eyebrow', 'upper_startpoint_of_l_eyebrow', 'lower_startpoint_of_l_eyebrow',
+    'end_of_l_eyebrow', 'upper_midpoint_1_of_l_eyebrow', 'lower_midpoint_1_of_l_eyebrow',
+    'upper_midpoint_2_of_l_eyebrow', 'upper_midpoint_3_of_l_eyebrow', 'lower_midpoint_2_of_l_eyebrow',
+    'lower_midpoint_3_of_l_eyebrow', 'l_inner_end_of_upper_lash_line', 'l_outer_end_of_upper_lash_line',
+    'l_centerpoint_of_upper_lash_line', 'l_midpoint_2_of_upper_lash_line', 'l_midpoint_1_of_upper_lash_line',
+    'l_midpoint_6_of_upper_lash_line', 'l_midpoint_5_of_upper_lash_line', 'l_midpoint_4_of_upper_lash_line',
+    'l_midpoint_3_of_upper_lash_line', 'l_outer_end_of_upper_eyelid_line', 'l_midpoint_6_of_upper_eyelid_line',
+    'l_midpoint_2_of_upper_eyelid_line', 'l_midpoint_5_of_upper_eyelid_line', 'l_centerpoint_of_upper_eyelid_line',
+    'l_midpoint_4_of_upper_eyelid_line', 'l_midpoint_1_of_upper_eyelid_line', 'l_midpoint_3_of_upper_eyelid_line',
+    'l_midpoint_6_of_upper_crease_line', 'l_midpoint_2_of_upper_crease_line', 'l_midpoint_5_of_upper_crease_line',
+    'l_centerpoint_of_upper_crease_line', 'l_midpoint_4_of_upper_crease_line', 'l_midpoint_1_of_upper_crease_line',
+    'l_midpoint_3_of_upper_crease_line', 'r_inner_end_of_upper_lash_line', 'r_outer_end_of_upper_lash_line',
+    'r_centerpoint_of_upper_lash_line', 'r_midpoint_1_of_upper_lash_line', 'r_midpoint_2_of_upper_lash_line',
+    'r_midpoint_3_of_upper_lash_line', 'r_midpoint_4_of_upper_lash_line', 'r_midpoint_5_of_upper_lash_line',
+    'r_midpoint_6_of_upper_lash_line', 'r_outer_end_of_upper_eyelid_line', 'r_midpoint_3_of_upper_eyelid_line',
+    'r_midpoint_1_of_upper_eyelid_line', 'r_midpoint_4_of_upper_eyelid_line', 'r_centerpoint_of_upper_eyelid_line',
+    'r_midpoint_5_of_upper_eyelid_line', 'r_midpoint_2_of_upper_eyelid_line', 'r_midpoint_6_of_upper_eyelid_line',
+    'r_midpoint_3_of_upper_crease_line', 'r_midpoint_1_of_upper_crease_line', 'r_midpoint_4_of_upper_crease_line',
+    'r_centerpoint_of_upper_crease_line', 'r_midpoint_5_of_upper_crease_line', 'r_midpoint_2_of_upper_crease_line',
+    'r_midpoint_6_of_upper_crease_line', 'l_inner_end_of_lower_lash_line', 'l_outer_end_of_lower_lash_line',
+    'l_centerpoint_of_lower_lash_line', 'l_midpoint_2_of_lower_lash_line', 'l_midpoint_1_of_lower_lash_line',
+    'l_midpoint_6_of_lower_lash_line', 'l_midpoint_5_of_lower_lash_line', 'l_midpoint_4_of_lower_lash_line',
+    'l_midpoint_3_of_lower_lash_line', 'l_outer_end_of_lower_eyelid_line', 'l_midpoint_6_of_lower_eyelid_line',
+    'l_midpoint_2_of_lower_eyelid_line', 'l_midpoint_5_of_lower_eyelid_line', 'l_centerpoint_of_lower_eyelid_line',
+    'l_midpoint_4_of_lower_eyelid_line', 'l_midpoint_1_of_lower_eyelid_line', 'l_midpoint_3_of_lower_eyelid_line',
+    'r_inner_end_of_lower_lash_line', 'r_outer_end_of_lower_lash_line', 'r_centerpoint_of_lower_lash_line',
+    'r_midpoint_1_of_lower_lash_line', 'r_midpoint_2_of_lower_lash_line', 'r_midpoint_3_of_lower_lash_line',
+    'r_midpoint_4_of_lower_lash_line', 'r_midpoint_5_of_lower_lash_line', 'r_midpoint_6_of_lower_lash_line',
+    'r_outer_end_of_lower_eyelid_line', 'r_midpoint_3_of_lower_eyelid_line', 'r_midpoint_1_of_lower_eyelid_line',
+    'r_midpoint_4_of_lower_eyelid_line', 'r_centerpoint_of_lower_eyelid_line', 'r_midpoint_5_of_lower_eyelid_line',
+    'r_midpoint_2_of_lower_eyelid_line', 'r_midpoint_6_of_lower_eyelid_line', 'tip_of_nose',
+    'bottom_center_of_nose', 'r_outer_corner_of_nose', 'l_outer_corner_of_nose', 'inner_corner_of_r_nostril',
+    'outer_corner_of_r_nostril', 'upper_corner_of_r_nostril', 'inner_corner_of_l_nostril',
+    'outer_corner_of_l_nostril', 'upper_corner_of_l_nostril', 'r_outer_corner_of_mouth', 'l_outer_corner_of_mouth',
+    'center_of_cupid_bow', 'center_of_lower_outer_lip', 'midpoint_1_of_upper_outer_lip',
+    'midpoint_2_of_upper_outer_lip', 'midpoint_1_of_lower_outer_lip', 'midpoint_2_of_lower_outer_lip',
+    'midpoint_3_of_upper_outer_lip', 'midpoint_4_of_upper_outer_lip', 'midpoint_5_of_upper_outer_lip',
+    'midpoint_6_of_upper_outer_lip', 'midpoint_3_of_lower_outer_lip', 'midpoint_4_of_lower_outer_lip',
+    'midpoint_5_of_lower_outer_lip', 'midpoint_6_of_lower_outer_lip', 'r_inner_corner_of_mouth',
+    'l_inner_corner_of_mouth', 'center_of_upper_inner_lip', 'center_of_lower_inner_lip',
+    'midpoint_1_of_upper_inner_lip', 'midpoint_2_of_upper_inner_lip', 'midpoint_1_of_lower_inner_lip',
+    'midpoint_2_of_lower_inner_lip', 'midpoint_3_of_upper_inner_lip', 'midpoint_4_of_upper_inner_lip',
+    'midpoint_5_of_upper_inner_lip', 'midpoint_6_of_upper_inner_lip', 'midpoint_3_of_lower_inner_lip',
+    'midpoint_4_of_lower_inner_lip', 'midpoint_5_of_lower_inner_lip', 'midpoint_6_of_lower_inner_lip',
+    'l_top_end_of_inferior_crus', 'l_top_end_of_superior_crus', 'l_start_of_antihelix', 'l_end_of_antihelix',
+    'l_midpoint_1_of_antihelix', 'l_midpoint_1_of_inferior_crus', 'l_midpoint_2_of_antihelix',
+    'l_midpoint_3_of_antihelix', 'l_point_1_of_inner_helix', 'l_point_2_of_inner_helix', 'l_point_3_of_inner_helix',
+    'l_point_4_of_inner_helix', 'l_point_5_of_inner_helix', 'l_point_6_of_inner_helix', 'l_point_7_of_inner_helix',
+    'l_highest_point_of_antitragus', 'l_bottom_point_of_tragus', 'l_protruding_point_of_tragus',
+    'l_top_point_of_tragus', 'l_start_point_of_crus_of_helix', 'l_deepest_point_of_concha', 'l_tip_of_ear_lobe',
+    'l_midpoint_between_22_15', 'l_bottom_connecting_point_of_ear_lobe', 'l_top_connecting_point_of_helix',
+    'l_point_8_of_inner_helix', 'r_top_end_of_inferior_crus', 'r_top_end_of_superior_crus', 'r_start_of_antihelix',
+    'r_end_of_antihelix', 'r_midpoint_1_of_antihelix', 'r_midpoint_1_of_inferior_crus', 'r_midpoint_2_of_antihelix',
+    'r_midpoint_3_of_antihelix', 'r_point_1_of_inner_helix', 'r_point_8_of_inner_helix', 'r_point_3_of_inner_helix',
+    'r_point_4_of_inner_helix', 'r_point_5_of_inner_helix', 'r_point_6_of_inner_helix', 'r_point_7_of_inner_helix',
+    'r_highest_point_of_antitragus', 'r_bottom_point_of_tragus', 'r_protruding_point_of_tragus',
+    'r_top_point_of_tragus', 'r_start_point_of_crus_of_helix', 'r_deepest_point_of_concha', 'r_tip_of_ear_lobe',
+    'r_midpoint_between_22_15', 'r_bottom_connecting_point_of_ear_lobe', 'r_top_connecting_point_of_helix',
+    'r_point_2_of_inner_helix', 'l_center_of_iris', 'l_border_of_iris_3', 'l_border_of_iris_midpoint_1',
+    'l_border_of_iris_12', 'l_border_of_iris_midpoint_4', 'l_border_of_iris_9', 'l_border_of_iris_midpoint_3',
+    'l_border_of_iris_6', 'l_border_of_iris_midpoint_2', 'r_center_of_iris', 'r_border_of_iris_3',
+    'r_border_of_iris_midpoint_1', 'r_border_of_iris_12', 'r_border_of_iris_midpoint_4', 'r_border_of_iris_9',
+    'r_border_of_iris_midpoint_3', 'r_border_of_iris_6', 'r_border_of_iris_midpoint_2', 'l_center_of_pupil',
+    'l_border_of_pupil_3', 'l_border_of_pupil_midpoint_1', 'l_border_of_pupil_12', 'l_border_of_pupil_midpoint_4',
+    'l_border_of_pupil_9', 'l_border_of_pupil_midpoint_3', 'l_border_of_pupil_6', 'l_border_of_pupil_midpoint_2',
+    'r_center_of_pupil', 'r_border_of_pupil_3', 'r_border_of_pupil_midpoint_1', 'r_border_of_pupil_12',
+    'r_border_of_pupil_midpoint_4', 'r_border_of_pupil_9', 'r_border_of_pupil_midpoint_3', 'r_border_of_pupil_6',
+    'r_border_of_pupil_midpoint_2',
+)
+_GOLIATH_FLIP_PAIRS = (
+    (1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 18), (16, 19), (17, 20), (21, 42), (22, 43),
+    (23, 44), (24, 45), (25, 46), (26, 47), (27, 48), (28, 49), (29, 50), (30, 51), (31, 52), (32, 53), (33, 54),
+    (34, 55), (35, 56), (36, 57), (37, 58), (38, 59), (39, 60), (40, 61), (41, 62), (63, 64), (65, 66), (67, 68),
+    (78, 87), (79, 88), (80, 89), (81, 90), (82, 91), (83, 93), (84, 92), (85, 95), (86, 94), (96, 120), (97, 121),
+    (98, 122), (99, 123), (100, 124), (101, 125), (102, 126), (103, 127), (104, 128), (105, 129), (106, 130), (107,
+    131), (108, 132), (109, 133), (110, 134), (111, 135), (112, 136), (113, 137), (114, 138), (115, 139), (116,
+    140), (117, 141), (118, 142), (119, 143), (144, 161), (145, 162), (146, 163), (147, 164), (148, 165), (149,
+    166), (150, 167), (151, 168), (152, 169), (153, 170), (154, 171), (155, 172), (156, 173), (157, 174), (158,
+    175), (159, 176), (160, 177), (180, 181), (182, 185), (183, 186), (184, 187), (188, 189), (192, 193), (194,
+    195), (196, 199), (197, 198), (200, 203), (201, 202), (204, 205), (208, 209), (210, 211), (212, 215), (213,
+    214), (216, 219), (217, 218), (220, 246), (221, 247), (222, 248), (223, 249), (224, 250), (225, 251), (226,
+    252), (227, 253), (228, 254), (229, 255), (230, 256), (231, 257), (232, 258), (233, 259), (234, 260), (235,
+    261), (236, 262), (237, 263), (238, 264), (239, 265), (240, 266), (241, 267), (242, 268), (243, 269), (244,
+    270), (245, 271), (272, 281), (273, 286), (274, 285), (275, 284), (276, 283), (277, 282), (278, 289), (279,
+    288), (280, 287), (290, 299), (291, 304), (292, 303), (293, 302), (294, 301), (295, 300), (296, 307), (297,
+    306), (298, 305),
+)
+_GOLIATH_LINKS = (
+    (13, 11), (11, 9), (14, 12), (12, 10), (9, 10), (5, 9), (6, 10), (5, 6), (5, 7), (6, 8), (7, 62), (8, 41), (1,
+    2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6), (13, 15), (13, 16), (13, 17), (14, 18), (14, 19), (14, 20),
+    (62, 45), (45, 44), (44, 43), (43, 42), (62, 49), (49, 48), (48, 47), (47, 46), (62, 53), (53, 52), (52, 51),
+    (51, 50), (62, 57), (57, 56), (56, 55), (55, 54), (62, 61), (61, 60), (60, 59), (59, 58), (41, 24), (24, 23),
+    (23, 22), (22, 21), (41, 28), (28, 27), (27, 26), (26, 25), (41, 32), (32, 31), (31, 30), (30, 29), (41, 36),
+    (36, 35), (35, 34), (34, 33), (41, 40), (40, 39), (39, 38), (38, 37),
+)
+_GOLIATH_SIGMA_OVERRIDES = {
+    0: 0.026, 1: 0.025, 2: 0.025, 3: 0.035, 4: 0.035, 5: 0.079, 6: 0.079, 7: 0.072, 8: 0.072, 9: 0.107, 10: 0.107,
+    11: 0.087, 12: 0.087, 13: 0.089, 14: 0.089, 15: 0.068, 16: 0.066, 17: 0.066, 18: 0.092, 19: 0.094, 20: 0.094,
+    21: 0.047, 22: 0.037, 23: 0.035, 24: 0.022, 25: 0.035, 26: 0.024, 27: 0.025, 28: 0.026, 29: 0.026, 30: 0.022,
+    31: 0.024, 32: 0.018, 33: 0.032, 34: 0.021, 35: 0.021, 36: 0.017, 37: 0.031, 38: 0.022, 39: 0.019, 40: 0.02, 41:
+    0.062, 42: 0.047, 43: 0.037, 44: 0.035, 45: 0.022, 46: 0.035, 47: 0.024, 48: 0.025, 49: 0.026, 50: 0.026, 51:
+    0.022, 52: 0.024, 53: 0.018, 54: 0.032, 55: 0.021, 56: 0.021, 57: 0.017, 58: 0.031, 59: 0.022, 60: 0.019, 61:
+    0.02, 62: 0.062, 63: 0.072, 64: 0.072, 65: 0.072, 66: 0.072, 67: 0.079, 68: 0.079, 69: 0.079,
+}
+
+
+def _goliath() -> DatasetInfo:
+    sigmas = [_GOLIATH_SIGMA_OVERRIDES.get(i, 0.010) for i in range(len(_GOLIATH_NAMES))]
+    return DatasetInfo("goliath", _GOLIATH_NAMES, _GOLIATH_FLIP_PAIRS, _GOLIATH_LINKS, tuple(sigmas), "udp")
+
+
+GOLIATH = _goliath()
+
 DATASETS: Dict[str, DatasetInfo] = {
-    d.name: d for d in (COCO, AIC, MPII, CROWDPOSE, AP10K, APT36K, COCO_WHOLEBODY)
+    d.name: d for d in (COCO, AIC, MPII, CROWDPOSE, AP10K, APT36K, COCO_WHOLEBODY, GOLIATH)
 }
 # ViTPose+ dataset index order: the expert / head index of each dataset in the multi-task checkpoints.
 VITPOSE_PLUS_DATASETS: Tuple[DatasetInfo, ...] = (COCO, AIC, MPII, AP10K, APT36K, COCO_WHOLEBODY)

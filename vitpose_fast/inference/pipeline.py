@@ -191,14 +191,15 @@ def head_num_keypoints(model: torch.nn.Module, dataset_index: Optional[int] = No
 
 def head_dataset(model: torch.nn.Module, dataset_index: Optional[int] = None):
     """The :class:`~vitpose_fast.data.datasets.DatasetInfo` whose keypoints the selected head predicts: the ViTPose+
-    dataset of ``dataset_index`` when the keypoint counts agree, else COCO for 17 keypoints; None when unknown."""
-    from vitpose_fast.data.datasets import COCO, VITPOSE_PLUS_DATASETS
+    dataset of ``dataset_index`` when the keypoint counts agree, else by keypoint count COCO (17),
+    COCO-WholeBody (133) or Goliath (308, Sapiens); None when unknown."""
+    from vitpose_fast.data.datasets import COCO, COCO_WHOLEBODY, GOLIATH, VITPOSE_PLUS_DATASETS
 
     k = head_num_keypoints(model, dataset_index)
     if dataset_index and dataset_index < len(VITPOSE_PLUS_DATASETS):
         if VITPOSE_PLUS_DATASETS[dataset_index].num_keypoints == k:
             return VITPOSE_PLUS_DATASETS[dataset_index]
-    return COCO if k == COCO.num_keypoints else None
+    return {d.num_keypoints: d for d in (COCO, COCO_WHOLEBODY, GOLIATH)}.get(k)
 
 
 def _flip_pairs(model: torch.nn.Module, dataset: Any, dataset_index: Optional[int]) -> Sequence[Tuple[int, int]]:

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vitpose_fast.data.datasets import COCO, COCO_WHOLEBODY, DatasetInfo
+from vitpose_fast.data.datasets import COCO, COCO_WHOLEBODY, GOLIATH, DatasetInfo
 
 __all__ = ["draw_poses", "save_poses"]
 
@@ -51,15 +51,15 @@ def draw_poses(
     are skipped (the official demo's ``kpt_thr=0.3``). Line widths scale with the image size.
 
     The links: ``skeleton`` when given, else those of ``dataset``, else of the keypoint count: COCO's for 17,
-    COCO-WholeBody's (with face and hands) for 133."""
+    COCO-WholeBody's (with face and hands) for 133, Goliath's (Sapiens) for 308."""
     img = _as_pil(image).copy()
     draw = ImageDraw.Draw(img)
     width = max(1, round(max(img.size) / 200))
     for i, person in enumerate(persons):
         colour = _PALETTE[int(person.get("track_id", i)) % len(_PALETTE)]
         kps = np.asarray(person["keypoints"], dtype=np.float64)
-        info = dataset if dataset is not None and dataset.num_keypoints == len(kps) else (
-            COCO_WHOLEBODY if len(kps) == COCO_WHOLEBODY.num_keypoints else COCO)
+        info = dataset if dataset is not None and dataset.num_keypoints == len(kps) else {
+            d.num_keypoints: d for d in (COCO_WHOLEBODY, GOLIATH)}.get(len(kps), COCO)
         links = tuple(skeleton) if skeleton is not None else info.skeleton + info.draw_links
         part_of = np.zeros(len(kps), dtype=object)
         part_of[:] = "body"

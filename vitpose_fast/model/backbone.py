@@ -4,7 +4,8 @@ Parameter names follow the official checkpoints (``patch_embed.proj``, ``pos_emb
 ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``, ``mlp.experts.{e}``, ``last_norm``), so an
 official state dict loads without renaming. Quirks kept on purpose (each pinned by the parity tests):
 - patch conv padding 2 at stride 16 (4 at stride 8), not 0;
-- no cls token in the sequence: the cls slot of ``pos_embed`` is added to every patch token;
+- no cls token in the sequence: the cls slot of ``pos_embed`` is added to every patch token (Sapiens,
+  ``pos_embed_cls=False``: ``pos_embed`` is [1, Hp*Wp, C] without a cls slot);
 - full qkv bias, q scaled before q k^T, LayerNorm eps 1e-6, exact-erf GELU.
 
 Where we knowingly differ: attention specs other than global (window / shift / pool / relative position) are
@@ -303,7 +304,7 @@ class Backbone(nn.Module):
         self.cfg = cfg
         self.patch_embed = PatchEmbed(cfg)
         hp, wp = cfg.grid
-        self.pos_embed = nn.Parameter(torch.zeros(1, hp * wp + 1, cfg.embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, hp * wp + int(cfg.pos_embed_cls), cfg.embed_dim))
         if cfg.num_knowledge_tokens:
             self.knowledge_token = nn.Parameter(torch.zeros(1, cfg.num_knowledge_tokens, cfg.embed_dim))
         else:
@@ -333,6 +334,13 @@ class Backbone(nn.Module):
         if self.knowledge_token is not None:  # last: models without tokens draw the same random numbers
             nn.init.trunc_normal_(self.knowledge_token, std=0.02)
 
+    def grid_pos_embed(self) -> torch.Tensor:
+        """The [1, Hp*Wp, C] position embedding added to the patch tokens. ViTPose: the cls slot's embedding is
+        added to every patch token (official; a no-op for MAE sin-cos tables). Sapiens has no cls slot."""
+        if self.cfg.pos_embed_cls:
+            return self.pos_embed[:, 1:] + self.pos_embed[:, :1]
+        return self.pos_embed
+
     def forward_tokens(
         self, x: torch.Tensor, dataset_index: DatasetIndex = None, backend: str = "torch"
     ) -> Tuple[torch.Tensor, Tuple[int, int]]:
@@ -344,12 +352,11 @@ class Backbone(nn.Module):
         n_grid = x.shape[1]
         pending: Optional[BranchOut] = None
         if backend == "reference":
-            # The cls slot's embedding is added to every patch token (official; a no-op for MAE sin-cos tables).
-            x = x + self.pos_embed[:, 1:] + self.pos_embed[:, :1]
+            x = x + self.grid_pos_embed()
         elif self.knowledge_token is None:
-            pending = (self.pos_embed[:, 1:] + self.pos_embed[:, :1], None)
+            pending = (self.grid_pos_embed(), None)
         else:
-            x = x + (self.pos_embed[:, 1:] + self.pos_embed[:, :1])
+            x = x + self.grid_pos_embed()
         if self.knowledge_token is not None:
             x = torch.cat([x, self.knowledge_token.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
         checkpointing = self.grad_checkpointing and self.training and torch.is_grad_enabled()

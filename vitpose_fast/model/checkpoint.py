@@ -12,6 +12,15 @@ read here, below the training layer, so that ``Model.from_pretrained`` and the t
 
 Where we knowingly differ: the official resize assumes a square source grid; we take the source grid from the
 checkpoint's own config when it has one, else square, else 4:3 (the ViTPose aspect).
+
+Sapiens (facebookresearch/sapiens pose ``.pth``, mmengine ``{"state_dict", "meta"}``): mmpretrain
+``VisionTransformer`` + ``HeatmapHead`` keys (``backbone.patch_embed.projection``, ``backbone.layers.{i}.ln1``,
+``attn.qkv``, ``attn.proj``, ``ln2``, ``ffn.layers.0.0`` / ``ffn.layers.1``, ``backbone.ln1``, a [1, Hp*Wp, C]
+``pos_embed`` without cls slot; ``head.deconv_layers`` / ``head.conv_layers`` / ``head.final_layer``) are renamed
+to ours on reading and back on :func:`save_sapiens`. Their ``meta`` holds numpy arrays (mmpose's dataset
+metainfo: float32 sigmas and joint weights, uint8 colours), which ``weights_only=True`` refuses by default; we
+allow exactly the numpy globals those need (:func:`numpy_meta_globals`) and nothing else. The Sapiens-Lite
+TorchScript and bf16 ``torch.export`` files (``.pt2``) are programs, not state dicts: refused with a clear error.
 """
 
 from __future__ import annotations
@@ -41,8 +50,10 @@ _HEADS_BY_WIDTH = {384: 12, 768: 12, 1024: 16, 1280: 16, 1408: 16}
 
 # ------------------------------------------------------------------------------------------------ reading files
 def _torch_load(path: Path) -> dict:
+    _check_not_program(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(numpy_meta_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign pickles
         raise CheckpointError(
             f"cannot read checkpoint {str(path)!r} with torch.load(weights_only=True): "
@@ -130,7 +141,11 @@ def read_checkpoint(src) -> Tuple[StateDict, Optional[ModelConfig], dict]:
     if not sd:
         raise CheckpointError("checkpoint holds no tensors (expected a ViTPose state dict)")
     sd = {_strip_prefix(k): v for k, v in sd.items()}
-    if any(k.startswith(("backbone.embeddings.", "backbone.encoder.")) or k.startswith("head.") for k in sd):
+    if is_sapiens_state_dict(sd):
+        sd = sapiens_to_ours(sd)
+        if config is None:
+            config = infer_sapiens_config(sd)
+    elif any(k.startswith(("backbone.embeddings.", "backbone.encoder.")) or k.startswith("head.") for k in sd):
         sd = hf_to_official(sd)
     elif any(k.startswith(("blocks.", "patch_embed.")) for k in sd):
         sd = _mae_to_official(sd)
@@ -386,14 +401,15 @@ def adapt_state_dict(sd: StateDict, config: ModelConfig, source_grid: Optional[T
         sd["backbone.patch_embed.proj.weight"] = F.pad(w, (p, p, p, p))
     pos = sd.get("backbone.pos_embed")
     hp, wp = config.backbone.grid
-    if pos is not None and pos.shape[1] - 1 != hp * wp:
-        sh, sw = source_grid or _guess_grid(pos.shape[1] - 1)
-        if sh * sw != pos.shape[1] - 1:
-            raise CheckpointError(f"pos_embed has {pos.shape[1] - 1} tokens, not a {sh}x{sw} grid")
-        grid = pos[:, 1:].reshape(1, sh, sw, -1).permute(0, 3, 1, 2).float()
+    cls = int(config.backbone.pos_embed_cls)  # Sapiens: no cls slot
+    if pos is not None and pos.shape[1] - cls != hp * wp:
+        sh, sw = source_grid or _guess_grid(pos.shape[1] - cls)
+        if sh * sw != pos.shape[1] - cls:
+            raise CheckpointError(f"pos_embed has {pos.shape[1] - cls} tokens, not a {sh}x{sw} grid")
+        grid = pos[:, cls:].reshape(1, sh, sw, -1).permute(0, 3, 1, 2).float()
         grid = F.interpolate(grid, size=(hp, wp), mode="bicubic", align_corners=False)
         sd["backbone.pos_embed"] = torch.cat(
-            [pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, hp * wp, -1).to(pos.dtype)], dim=1
+            [pos[:, :cls], grid.permute(0, 2, 3, 1).reshape(1, hp * wp, -1).to(pos.dtype)], dim=1
         )
     return sd
 
@@ -401,6 +417,7 @@ def adapt_state_dict(sd: StateDict, config: ModelConfig, source_grid: Optional[T
 def load_into(model, sd: StateDict, strict: bool = True, source_grid=None) -> None:
     """Copy an official-layout state dict into ``model``; with ``strict`` a mismatch lists every missing and
     unexpected key and every shape difference."""
+    check_family(sd, model.config)
     sd = adapt_state_dict(sd, model.config, source_grid)
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
@@ -478,11 +495,16 @@ def official_state_dict(model) -> StateDict:
 
 
 def save_official(model, path) -> None:
+    if not model.config.backbone.pos_embed_cls:
+        return save_sapiens(model, path)
     atomic_save({"state_dict": official_state_dict(model), "meta": {FORMAT: model.config.to_dict()}}, path)
 
 
 def hf_config_dict(config: ModelConfig) -> dict:
     b = config.backbone
+    if not b.pos_embed_cls or config.head.conv_channels or config.head.norm_act != "bn_relu":
+        raise CheckpointError("the Hugging Face VitPose port has no Sapiens model (position embedding without cls "
+                              "slot, InstanceNorm + SiLU head); use export_official for the Sapiens layout")
     if b.patch_stride != b.patch_size:
         raise CheckpointError("the Hugging Face port supports patch stride == patch size (16) only")
     if config.head_upsample != 4:
@@ -560,3 +582,169 @@ def split_moe_state_dict(config: ModelConfig, sd: StateDict):
                 new["keypoint_head." + k[len(src_head):]] = v.clone()
         out.append((cfg, new))
     return out
+
+
+# ------------------------------------------------------------------------------------------------ Sapiens layout
+# (official key prefix, ours) inside ``backbone.layers.{i}.`` / ``backbone.blocks.{i}.``.
+_SAPIENS_BLOCK = [("ln1.", "norm1."), ("ln2.", "norm2."), ("attn.qkv.", "attn.qkv."), ("attn.proj.", "attn.proj."),
+                  ("ffn.layers.0.0.", "mlp.fc1."), ("ffn.layers.1.", "mlp.fc2.")]
+_SAPIENS_TOP = [("backbone.patch_embed.projection.", "backbone.patch_embed.proj."),
+                ("backbone.ln1.", "backbone.last_norm."), ("head.", "keypoint_head.")]
+# mmpretrain arch_zoo: heads per width (not recoverable from tensor shapes) and the preset of each size.
+_SAPIENS_HEADS = {1024: 16, 1280: 16, 1536: 24, 1920: 32}
+_SAPIENS_SIZES = {(1024, 24): "sapiens_0.3b", (1280, 32): "sapiens_0.6b", (1536, 40): "sapiens_1b",
+                  (1920, 48): "sapiens_2b"}
+
+
+def numpy_meta_globals() -> list:
+    """The allow-list under which every checkpoint is read with ``torch.load(weights_only=True)``: exactly the
+    numpy globals that rebuild the float32 / uint8 arrays of an mmengine checkpoint's ``meta`` (mmpose's
+    ``parse_pose_metainfo``: sigmas, joint weights, keypoint and link colours), as the official Sapiens pose files
+    carry them. ``_reconstruct`` and ``ndarray`` build an array, ``dtype`` (and, numpy >= 1.25, its
+    ``Float32DType`` / ``UInt8DType`` classes) its element type. Files written under numpy 1.x name
+    ``numpy.core.multiarray._reconstruct``, under numpy 2 ``numpy._core.multiarray._reconstruct``: both names map
+    to the installed function. Anything else (another dtype, a numpy scalar, any other class) is still refused."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray
+    allowed: list = [np.ndarray, np.dtype]
+    allowed += [(multiarray._reconstruct, f"{mod}._reconstruct")
+                for mod in ("numpy.core.multiarray", "numpy._core.multiarray")]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [dtypes.Float32DType, dtypes.UInt8DType]
+    return allowed
+
+
+def _check_not_program(path: Path) -> None:
+    """Refuse the Sapiens-Lite exports by name: a TorchScript archive (``code/``, ``constants.pkl``) or a
+    ``torch.export`` program (the bf16 ``.pt2``) holds a compiled graph, not weights we could map."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        kind = "a TorchScript archive (Sapiens-Lite 'torchscript' .pt2)"
+    elif any(n.endswith(("serialized_exported_program.json", "/archive_format")) or "/models/" in n
+             for n in names):
+        kind = "a torch.export program (Sapiens-Lite 'bfloat16' .pt2)"
+    else:
+        return
+    raise CheckpointError(
+        f"{str(path)!r} is {kind}, which is not supported: it holds a compiled program, not a state dict. Load "
+        "the official Sapiens pose .pth checkpoint instead (e.g. sapiens_1b_coco_best_coco_AP_821.pth)"
+    )
+
+
+def is_sapiens_state_dict(sd: StateDict) -> bool:
+    """Official Sapiens (mmpretrain ViT + mmpose HeatmapHead) key layout."""
+    return any(k.startswith(("backbone.layers.", "backbone.patch_embed.projection.", "backbone.ln1.")) for k in sd)
+
+
+def _rename(k: str, pairs, block_from: str, block_to: str, block_pairs) -> Optional[str]:
+    if k.startswith(block_from):
+        m = re.match(re.escape(block_from) + r"(\d+)\.(.*)", k)
+        if m:
+            for a, b in block_pairs:
+                if m.group(2).startswith(a):
+                    return f"{block_to}{m.group(1)}.{b}{m.group(2)[len(a):]}"
+        return None
+    for a, b in pairs:
+        if k.startswith(a):
+            return b + k[len(a):]
+    return k if k == "backbone.pos_embed" else None
+
+
+def sapiens_to_ours(sd: StateDict) -> StateDict:
+    """Official Sapiens keys -> ours. Unknown keys are kept as they are (the strict load reports them)."""
+    out: StateDict = {}
+    for k, v in sd.items():
+        new = _rename(k, _SAPIENS_TOP, "backbone.layers.", "backbone.blocks.", _SAPIENS_BLOCK)
+        out[new if new is not None else k] = v
+    return out
+
+
+def ours_to_sapiens(sd: StateDict) -> StateDict:
+    swap = [(b, a) for a, b in _SAPIENS_TOP]
+    out: StateDict = {}
+    for k, v in sd.items():
+        new = _rename(k, swap, "backbone.blocks.", "backbone.layers.", [(b, a) for a, b in _SAPIENS_BLOCK])
+        if new is None:
+            raise CheckpointError(f"{k} has no equivalent in the official Sapiens layout")
+        out[new] = v
+    return out
+
+
+def infer_sapiens_config(sd: StateDict) -> ModelConfig:
+    """The config a Sapiens state dict (our keys) implies: the preset of its width and depth when it is one of
+    the four (heads from mmpretrain's arch_zoo), else a custom size with the Sapiens settings (head dim 64)."""
+    from vitpose_fast.config import preset
+
+    try:
+        dim = sd["backbone.patch_embed.proj.weight"].shape[0]
+        pos = sd["backbone.pos_embed"]
+        final = sd["keypoint_head.final_layer.weight"]
+    except KeyError as e:
+        raise CheckpointError(f"Sapiens checkpoint lacks {e.args[0]} (after renaming to our keys)") from None
+    depth = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"backbone\.blocks\.(\d+)\.", k))), default=-1)
+    fc1 = sd.get("backbone.blocks.0.mlp.fc1.weight")
+    hp, wp = _guess_grid(pos.shape[1])
+    deconv = tuple(sd[f"keypoint_head.deconv_layers.{i}.weight"].shape[1]
+                   for i in range(0, 30, 3) if f"keypoint_head.deconv_layers.{i}.weight" in sd)
+    conv = tuple(sd[f"keypoint_head.conv_layers.{i}.weight"].shape[0]
+                 for i in range(0, 30, 3) if f"keypoint_head.conv_layers.{i}.weight" in sd)
+    kw = dict(res=(hp * 16, wp * 16), num_keypoints=final.shape[0], deconv_channels=deconv or (768, 768),
+              conv_channels=conv)
+    name = _SAPIENS_SIZES.get((dim, depth))
+    if name is not None and (fc1 is None or fc1.shape[0] == 4 * dim):
+        return preset(name, **kw)
+    custom = preset("sapiens_0.3b", embed_dim=dim, depth=depth, num_heads=_SAPIENS_HEADS.get(dim, max(dim // 64, 1)),
+                    mlp_ratio=(fc1.shape[0] / dim) if fc1 is not None else 4.0, **kw)
+    return with_overrides(custom, name="pretrained")
+
+
+def _head_family(sd: StateDict) -> Optional[str]:
+    """'sapiens' (InstanceNorm head: conv_layers, no BatchNorm tensors), 'vitpose' (BatchNorm or simple head) or
+    None (no head: a backbone-only checkpoint)."""
+    if "keypoint_head.final_layer.weight" not in sd:
+        return None
+    if any(k.startswith("keypoint_head.conv_layers.") for k in sd):
+        return "sapiens"
+    if "keypoint_head.deconv_layers.1.running_var" in sd or sd["keypoint_head.final_layer.weight"].shape[-1] == 3:
+        return "vitpose"
+    return "sapiens" if "keypoint_head.deconv_layers.0.weight" in sd else None
+
+
+def check_family(sd: StateDict, config: ModelConfig) -> None:
+    """A ViTPose checkpoint given to a Sapiens model, or the reverse, fails here with what each is."""
+    found = _head_family(sd)
+    sapiens_model = config.head.norm_act == "in_silu" or bool(config.head.conv_channels)
+    if found is None or (found == "sapiens") == sapiens_model:
+        return
+    what = {"sapiens": "a Sapiens checkpoint (InstanceNorm + SiLU head with 1x1 conv_layers)",
+            "vitpose": "a ViTPose checkpoint (BatchNorm + ReLU or simple head)"}[found]
+    model = f"the {config.name!r} model is " + ("a Sapiens model" if sapiens_model else "a ViTPose model")
+    raise CheckpointError(
+        f"{what} does not fit: {model}. Load it without a preset (Model.from_pretrained(path); on the command "
+        f"line, no --model), which builds the matching model from the checkpoint, or pick a "
+        f"{'sapiens_*' if found == 'sapiens' else 'vitpose_*'} preset"
+    )
+
+
+def sapiens_state_dict(model) -> StateDict:
+    """The model's tensors in the official Sapiens layout (the mmpose ``TopdownPoseEstimator`` state dict)."""
+    if model.config.extra_heads or model.config.backbone.num_experts > 1 or model.config.backbone.num_knowledge_tokens:
+        raise CheckpointError("the official Sapiens layout has one head, no experts and no knowledge tokens; "
+                              "save with Model.save instead")
+    if any(k.endswith((".rel_pos_h", ".rel_pos_w")) for k in model.state_dict()):
+        raise CheckpointError("the official Sapiens layout has no relative-position tables; save with Model.save")
+    return ours_to_sapiens(dict(model.state_dict()))
+
+
+def save_sapiens(model, path) -> None:
+    atomic_save({"state_dict": sapiens_state_dict(model), "meta": {FORMAT: model.config.to_dict()}}, path)

@@ -2,6 +2,10 @@
 
 - classic: ``deconv_layers`` = [ConvTranspose2d(C->256, 4, s2, p1, no bias), BN, ReLU] x 2, then
   ``final_layer`` = Conv2d(256 -> K, 1x1). No activation on the backbone output before the first deconv.
+  Sapiens' ``HeatmapHead`` (``conv_channels=(768, 768)``, ``norm_act="in_silu"``): [deconv C->768, IN, SiLU],
+  [deconv 768->768, IN, SiLU], then ``conv_layers`` = [Conv2d(768->768, 1x1, bias), IN, SiLU] x 2, then
+  ``final_layer``; IN is InstanceNorm2d(eps 1e-5, no affine, no running statistics), so it normalises each
+  sample with its own statistics in training and inference alike (nothing to fold).
 - simple: ReLU, bilinear x4 (align_corners=False), ``final_layer`` = Conv2d(C -> K, 3x3, padding 1); the whole
   head is one op (:func:`vitpose_fast.ops.simple_decoder`) so the Triton backend never builds the upsampled map.
 """
@@ -29,6 +33,7 @@ class ClassicHead(nn.Module):
     def __init__(self, in_channels: int, cfg: HeadConfig, upsample: int = 4):
         super().__init__()
         self.fold_batchnorm = False
+        self.norm_act = cfg.norm_act
         layers = []
         c = in_channels
         channels = cfg.deconv_channels
@@ -36,13 +41,16 @@ class ClassicHead(nn.Module):
             # Each deconv doubles the map; at 1/8 features one deconv reaches the 1/4 heatmaps.
             channels = (channels[0],) * max(upsample.bit_length() - 1, 0)
         for out in channels:
-            layers += [
-                nn.ConvTranspose2d(c, out, kernel_size=4, stride=2, padding=1, output_padding=0, bias=False),
-                nn.BatchNorm2d(out),
-                nn.ReLU(inplace=True),
-            ]
+            layers += [nn.ConvTranspose2d(c, out, kernel_size=4, stride=2, padding=1, output_padding=0, bias=False),
+                       *_norm_act(cfg.norm_act, out)]
             c = out
         self.deconv_layers = nn.Sequential(*layers)
+        convs = []
+        for out in cfg.conv_channels:
+            convs += [nn.Conv2d(c, out, kernel_size=1), *_norm_act(cfg.norm_act, out)]
+            c = out
+        # Absent (not an empty Sequential) without convs, so ViTPose state dicts and modules stay as they were.
+        self.conv_layers = nn.Sequential(*convs) if convs else None
         self.final_layer = nn.Conv2d(c, cfg.num_keypoints, kernel_size=1)
         self._folded = {}  # CPU: deconv index -> (parameter versions, folded weight, folded bias)
 
@@ -58,8 +66,11 @@ class ClassicHead(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor, backend: str = "torch") -> torch.Tensor:
-        if self.training or not self.fold_batchnorm or backend == "reference":
-            return self.final_layer(self.deconv_layers(x))
+        if self.norm_act != "bn_relu" or self.training or not self.fold_batchnorm or backend == "reference":
+            x = self.deconv_layers(x)
+            if self.conv_layers is not None:
+                x = self.conv_layers(x)
+            return self.final_layer(x)
         layers = list(self.deconv_layers)
         cpu = x.device.type == "cpu"
         if cpu:
@@ -69,6 +80,8 @@ class ClassicHead(nn.Module):
             x = F.conv_transpose2d(x, weight, bias, deconv.stride, deconv.padding, deconv.output_padding,
                                    deconv.groups, deconv.dilation)
             x = F.relu_(x)
+        if self.conv_layers is not None:
+            x = self.conv_layers(x)
         out = self.final_layer(x)
         return out.contiguous() if cpu else out
 
@@ -80,6 +93,13 @@ class ClassicHead(nn.Module):
         if hit is None or hit[0] != key:
             hit = self._folded[i] = (key, *folded_deconv(deconv, bn))
         return hit[1], hit[2]
+
+
+def _norm_act(kind: str, channels: int) -> list:
+    if kind == "in_silu":
+        # Sapiens: nn.InstanceNorm2d's defaults (affine=False, track_running_stats=False): no parameters.
+        return [nn.InstanceNorm2d(channels), nn.SiLU(inplace=True)]
+    return [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
 
 
 def folded_deconv(deconv: nn.ConvTranspose2d, bn: nn.BatchNorm2d):

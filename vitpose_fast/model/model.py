@@ -357,9 +357,12 @@ class ViTPose(nn.Module):
         save_hf(self, folder)
 
     def export_onnx(self, path: Union[str, os.PathLike], batch: Optional[int] = None, opset: int = 18,
-                    dataset_index: Optional[int] = None) -> str:
+                    dataset_index: Optional[int] = None, external_data: Optional[bool] = None) -> str:
         """Write the plain-PyTorch path as ONNX (pixel_values [B, 3, H, W] -> heatmaps; dynamic batch unless
-        ``batch`` is given; ViTPose+ with ``dataset_index`` fixed). See :mod:`vitpose_fast.model.onnx_export`."""
+        ``batch`` is given; ViTPose+ with ``dataset_index`` fixed; ``external_data``: weights beside the graph,
+        None: when over 2 GiB). See :mod:`vitpose_fast.model.onnx_export`."""
         from vitpose_fast.model.onnx_export import export_onnx
 
-        return export_onnx(self, path, batch=batch, opset=opset, dataset_index=dataset_index)
+        return export_onnx(self, path, batch=batch, opset=opset, dataset_index=dataset_index,
+                           external_data=external_data)
+

@@ -64,11 +64,14 @@ def export_onnx(
     batch: Optional[int] = None,
     opset: int = DEFAULT_OPSET,
     dataset_index: Optional[int] = None,
+    external_data: Optional[bool] = None,
 ) -> str:
     """Write ``model`` as an ONNX file; returns the path. See the module docstring.
 
     batch: None for a dynamic batch axis (named ``batch``), or a fixed batch size. opset: the ONNX opset
     (>= 18, what the exporter's op library targets). dataset_index: the ViTPose+ dataset fixed in the graph.
+    external_data: weights in a ``<path>.data`` file beside the graph (ONNX protobufs stop at 2 GiB: Sapiens-1B
+    and -2B, ViTPose-G in fp32 need it); None decides by size, as the exporter does.
     """
     _check(model, batch, dataset_index)
     if opset < 18:
@@ -108,8 +111,8 @@ def export_onnx(
                               "could not run it")
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    program.save(path)
-    onnx.checker.check_model(path)
+    program.save(path, external_data=external_data)
+    onnx.checker.check_model(path)  # by path: the checker reads external data from beside the file
     return path
 
 

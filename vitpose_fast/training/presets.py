@@ -1,6 +1,7 @@
 """Typed training presets reproducing the official ViTPose COCO configs, plus a tiny CPU preset.
 
-Names: ``vitpose_{s,b,l,h,g}[_simple]_coco_{256x192,384x288,576x432}``, ``tiny_synthetic`` and
+Names: ``vitpose_{s,b,l,h,g}[_simple]_coco_{256x192,384x288,576x432}``,
+``sapiens_{0.3b,0.6b,1b,2b}_coco_1024x768``, ``tiny_synthetic`` and
 ``tiny_synthetic_multi`` (the tiny model as a ViTPose+ with 6 experts, for multi-dataset runs on synthetic sets). The 256x192 values
 are the official ``ViTPose_{small,base,large,huge}[_simple]_coco_256x192.py`` (AdamW lr 5e-4, wd 0.1, betas
 0.9/0.999, layer decay S 0.8 / B 0.75 / L 0.8 / H 0.85, drop path S 0.1 / B 0.3 / L 0.5 / H 0.55, batch 64 per
@@ -11,6 +12,11 @@ and scale sigma with the heatmap (2 -> 3 -> 4.5; mmpose's HRNet 384x288 configs 
 clip gradients at 1.0 although the released ViTPose-B log shows no grad norm (probably trained unclipped).
 ``vitpose_g`` is the ~1B plain-ViT stand-in of :mod:`vitpose_fast.config` with the same recipe (no official
 config is public); it needs ``--fsdp`` on common GPUs (``train.py --estimate-memory``).
+
+Sapiens (``pose/configs/sapiens_pose/coco/sapiens_*-210e_coco-1024x768.py``): the same optimiser, schedule and
+clipping, layer decay 0.85, no stochastic depth, UDP targets with sigma 6 at 256x192 heatmaps, evaluation every
+epoch. Where we differ: the augmentation is our ViTPose pipeline; Sapiens adds photometric distortion, blur,
+median blur and one coarse dropout hole, which we do not implement.
 """
 
 from __future__ import annotations
@@ -72,6 +78,12 @@ def _official(size: str, simple: bool, res: str) -> TrainPreset:
     return TrainPreset(name=name, model=replace(model, name=name), data=DataConfig(sigma=sigma))
 
 
+def _sapiens(size: str) -> TrainPreset:
+    name = f"sapiens_{size}_coco_1024x768"
+    model = preset(f"sapiens_{size}")
+    return TrainPreset(name=name, model=replace(model, name=name), data=DataConfig(sigma=6.0), eval_interval=1)
+
+
 def tiny_synthetic(head: str = "classic") -> TrainPreset:
     """A ~3M-parameter ViT (width 192, 6 blocks, 3 heads of 64) at 128x96 for CPU runs on the synthetic set.
 
@@ -105,6 +117,9 @@ def _all_presets() -> Dict[str, TrainPreset]:
             for res in _RESOLUTIONS:
                 p = _official(size, simple, res)
                 out[p.name] = p
+    for size in ("0.3b", "0.6b", "1b", "2b"):
+        p = _sapiens(size)
+        out[p.name] = p
     out["tiny_synthetic"] = tiny_synthetic()
     out["tiny_synthetic_multi"] = tiny_synthetic_multi()
     return out
