@@ -137,7 +137,8 @@ def test_oks_nms_hand_made():
 def test_dataset_metadata():
     from vitpose_fast.data.datasets import DATASETS, VITPOSE_PLUS_DATASETS, get_dataset
 
-    counts = {"coco": 17, "aic": 14, "mpii": 16, "crowdpose": 14, "ap10k": 17, "apt36k": 17, "coco_wholebody": 133}
+    counts = {"coco": 17, "aic": 14, "mpii": 16, "crowdpose": 14, "ap10k": 17, "apt36k": 17, "coco_wholebody": 133,
+              "goliath": 308}
     assert {n: d.num_keypoints for n, d in DATASETS.items()} == counts
     assert [d.name for d in VITPOSE_PLUS_DATASETS] == ["coco", "aic", "mpii", "ap10k", "apt36k", "coco_wholebody"]
     for d in DATASETS.values():
