@@ -19,6 +19,14 @@ HeadKind = Literal["classic", "simple"]
 NormAct = Literal["bn_relu", "in_silu"]
 Backend = Literal["auto", "reference", "torch", "triton"]
 BACKENDS = ("auto", "reference", "torch", "triton")
+# ViTPose+'s datasets in the order of its experts and heads (dataset_index 0..5): the order lives here, below the
+# model (whose messages name it); vitpose_fast.data.datasets builds the keypoint metadata in this order.
+VITPOSE_PLUS_DATASET_NAMES = ("coco", "aic", "mpii", "ap10k", "apt36k", "coco_wholebody")
+
+
+def vitpose_plus_order() -> str:
+    """``0 coco, 1 aic, ...``: the dataset_index of each ViTPose+ dataset, for messages."""
+    return ", ".join(f"{i} {name}" for i, name in enumerate(VITPOSE_PLUS_DATASET_NAMES))
 
 
 @dataclass(frozen=True)

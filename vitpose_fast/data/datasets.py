@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
+from vitpose_fast.config import VITPOSE_PLUS_DATASET_NAMES
+
 __all__ = ["DatasetInfo", "COCO", "AIC", "MPII", "CROWDPOSE", "AP10K", "APT36K", "COCO_WHOLEBODY", "GOLIATH",
            "DATASETS", "VITPOSE_PLUS_DATASETS", "get_dataset"]
 
@@ -343,7 +345,7 @@ DATASETS: Dict[str, DatasetInfo] = {
     d.name: d for d in (COCO, AIC, MPII, CROWDPOSE, AP10K, APT36K, COCO_WHOLEBODY, GOLIATH)
 }
 # ViTPose+ dataset index order: the expert / head index of each dataset in the multi-task checkpoints.
-VITPOSE_PLUS_DATASETS: Tuple[DatasetInfo, ...] = (COCO, AIC, MPII, AP10K, APT36K, COCO_WHOLEBODY)
+VITPOSE_PLUS_DATASETS: Tuple[DatasetInfo, ...] = tuple(DATASETS[name] for name in VITPOSE_PLUS_DATASET_NAMES)
 
 
 def get_dataset(name: str) -> DatasetInfo:

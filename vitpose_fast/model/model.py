@@ -23,7 +23,7 @@ from vitpose_fast import ops
 from vitpose_fast.model import fp8
 from vitpose_fast.model import optimize as _optimize
 from vitpose_fast.model.backbone import Backbone, DatasetIndex
-from vitpose_fast.config import ModelConfig, preset, with_overrides
+from vitpose_fast.config import ModelConfig, preset, vitpose_plus_order, with_overrides
 from vitpose_fast.model.heads import build_head
 from vitpose_fast.model import precision as _precision
 
@@ -319,7 +319,7 @@ class ViTPose(nn.Module):
             if dataset_index is None:
                 raise ValueError(
                     f"this is a ViTPose+ model with {cfg.num_experts} experts: pass dataset_index (an int or a [B] "
-                    "tensor; 0 COCO, 1 AIC, 2 MPII, 3 AP-10K, 4 APT-36K, 5 COCO-WholeBody)"
+                    f"tensor; {vitpose_plus_order()})"
                 )
             if isinstance(dataset_index, int):
                 bad = not 0 <= dataset_index < cfg.num_experts

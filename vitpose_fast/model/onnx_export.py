@@ -19,6 +19,8 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
+from vitpose_fast.config import vitpose_plus_order
+
 __all__ = ["export_onnx", "check_onnx", "OnnxExportError", "DEFAULT_OPSET"]
 
 DEFAULT_OPSET = 18
@@ -49,8 +51,8 @@ def _check(model: nn.Module, batch: Optional[int], dataset_index: Optional[int])
         )
     if multi and dataset_index is None:
         raise OnnxExportError(
-            f"this ViTPose+ model has {cfg.num_datasets} datasets (experts / heads): pass dataset_index (0 COCO, "
-            "1 AIC, 2 MPII, 3 AP-10K, 4 APT-36K, 5 COCO-WholeBody); the exported graph serves that dataset only"
+            f"this ViTPose+ model has {cfg.num_datasets} datasets (experts / heads): pass dataset_index "
+            f"({vitpose_plus_order()}); the exported graph serves that dataset only"
         )
     if dataset_index is not None and not 0 <= dataset_index < max(cfg.num_datasets, 1):
         raise OnnxExportError(f"dataset_index {dataset_index} out of range 0..{max(cfg.num_datasets, 1) - 1}")
