@@ -23,7 +23,8 @@ def _codes_close(q, s, qr, sr, exact: bool):
     torch.testing.assert_close(s, sr, rtol=1e-5, atol=0)
     step = (q.float() - qr.float()).abs() / torch.maximum(q.float().abs(), qr.float().abs()).clamp_min(2.0**-6)
     assert (step <= 2.0**-3 + 1e-6).all()
-    assert (q.view(torch.uint8) != qr.view(torch.uint8)).float().mean() < 0.01
+    # Rare: at most 1% of the codes (and one, in a 40-element row).
+    assert (q.view(torch.uint8) != qr.view(torch.uint8)).sum().item() <= max(1, 0.01 * q.numel())
 
 
 @pytest.mark.parametrize("shape,broadcast", [((2, 5, 192), False), ((1, 1, 80), False), ((3, 7, 96), True)])
