@@ -313,7 +313,8 @@ class ViTPose(nn.Module):
         if (h, w) != cfg.img_size:
             raise ValueError(
                 f"input size {h}x{w} does not match the model's {cfg.img_size[0]}x{cfg.img_size[1]} (its position "
-                "embedding is fixed, as the official model's); build or load the model with res=(H, W)"
+                "embedding is resized once, when the model is built or loaded, not per call); build or load the "
+                "model with res=(H, W)"
             )
         if cfg.num_experts > 1:
             if dataset_index is None:
