@@ -108,8 +108,9 @@ _AOT_SCRIPT = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from vitpose_fast.kernels import fp8_quant, report
-for case in fp8_quant.report_cases():
+from vitpose_fast.kernels import bias_gelu, fp8_quant, report, residual_layer_norm
+fused = [c for m in (residual_layer_norm, bias_gelu) for c in m.report_cases() if "_fwd_fp8_kernel" in c.kernels]
+for case in fp8_quant.report_cases() + fused:
     for label, call in report.record(case):
         sig, consts, attrs, options = report.specialise(call)
         ptx = triton.compile(ASTSource(fn=call.fn, signature=sig, constexprs=consts, attrs=attrs),
